@@ -57,11 +57,13 @@ $(BUILD_STAMP): $(VENV_STAMP) $(BUILD_INPUTS)
 	touch "$@"
 
 # ---------------------------------------------------------------------------------------------
+# All four checks run; the target fails if any failed.
 lint: $(VENV_STAMP)
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy
-	$(VENV)/bin/python scripts/check_package.py
+	@rc=0; \
+	for cmd in "ruff check ." "ruff format --check ." "mypy" "python scripts/check_package.py"; do \
+		echo "[lint] $$cmd"; "$(VENV_ABS)/bin/"$$cmd || rc=1; \
+	done; \
+	exit $$rc
 
 check-package: $(VENV_STAMP)
 	$(VENV)/bin/python scripts/check_package.py
@@ -72,9 +74,14 @@ pytest: build
 	if [ $$rc -eq 5 ]; then echo "ERROR: pytest collected no tests (exit code 5)" >&2; exit 1; fi; \
 	exit $$rc
 
+# Lint first, then the whole suite even when lint failed (so both results are seen).
 test: build
-	$(MAKE) --no-print-directory lint
-	$(MAKE) --no-print-directory pytest
+	@lint_rc=0; test_rc=0; \
+	$(MAKE) --no-print-directory lint || lint_rc=$$?; \
+	$(MAKE) --no-print-directory pytest || test_rc=$$?; \
+	if [ $$lint_rc -ne 0 ]; then echo "ERROR: lint failed (see [lint] above)" >&2; fi; \
+	if [ $$test_rc -ne 0 ]; then echo "ERROR: tests failed" >&2; fi; \
+	[ $$lint_rc -eq 0 ] && [ $$test_rc -eq 0 ]
 
 demo: build
 	$(ROS_ENV) install/dynamic_ofa_ros/lib/dynamic_ofa_ros/demo $(DEMO_ARGS)

@@ -1,0 +1,251 @@
+"""Package description and installation: package.xml, CMakeLists.txt, setup.py, install space."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# (install destination below the prefix, executable, module, function)
+ENTRY_POINTS = [
+    ("lib/dynamic_ofa_ros", "classifier_node", "dynamic_ofa_ros.node", "main"),
+    ("lib/dynamic_ofa_ros", "demo", "dynamic_ofa_ros.demo", "main"),
+    ("bin", "dofa-bench", "dynamic_ofa_ros.bench", "main"),
+    ("bin", "dofa-levels", "offline_tools.cli", "main"),
+]
+
+
+def _load(path: Path, name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def checker() -> ModuleType:
+    return _load(REPO_ROOT / "scripts" / "check_package.py", "dofa_check_package")
+
+
+@pytest.fixture(scope="module")
+def setup_module_() -> ModuleType:
+    # Imported, not run: setup() is only called when setup.py is __main__.
+    return _load(REPO_ROOT / "setup.py", "dofa_setup_py")
+
+
+# --- package.xml / CMakeLists.txt -------------------------------------------------------------
+
+
+def test_package_xml_is_valid_format3(checker: ModuleType) -> None:
+    problems: list[str] = []
+    info = checker.parse_package_xml(REPO_ROOT / "package.xml", problems)
+    problems += checker.catkin_pkg_problems(REPO_ROOT / "package.xml")
+    assert info is not None
+    problems += checker.check_package_xml(info)
+    assert problems == []
+
+
+def test_cmakelists_matches_interfaces_and_package(checker: ModuleType) -> None:
+    problems: list[str] = []
+    info = checker.parse_package_xml(REPO_ROOT / "package.xml", problems)
+    assert checker.check_cmake(info) == []
+    assert set(checker.interface_files()) >= {
+        "msg/Prediction.msg",
+        "msg/LevelInfo.msg",
+        "msg/ManagerStatus.msg",
+        "srv/SetConstraints.srv",
+        "srv/SetLevel.srv",
+        "srv/GetLevels.srv",
+    }
+
+
+def test_every_runtime_import_is_declared(checker: ModuleType) -> None:
+    problems: list[str] = []
+    info = checker.parse_package_xml(REPO_ROOT / "package.xml", problems)
+    assert checker.check_imports(info) == []
+
+
+def test_checker_reports_broken_package(checker: ModuleType, tmp_path: Path) -> None:
+    (tmp_path / "package.xml").write_text(
+        """<?xml version="1.0"?>
+<package format="2">
+  <version>0.1</version>
+  <name>dynamic_ofa_ros</name>
+  <description>x</description>
+  <maintainer email="nobody">x</maintainer>
+  <license>MIT</license>
+  <buildtool_depend>ament_cmake</buildtool_depend>
+  <exec_depend>rclpy</exec_depend>
+  <exec_depend>rclpy</exec_depend>
+  <flavour>vanilla</flavour>
+  <export><build_type>ament_python</build_type></export>
+</package>
+"""
+    )
+    (tmp_path / "msg").mkdir()
+    (tmp_path / "msg" / "A.msg").write_text("geometry_msgs/Point p\n")
+    (tmp_path / "msg" / "B.msg").write_text("int32 x\n")
+    (tmp_path / "CMakeLists.txt").write_text(
+        "project(other)\nrosidl_generate_interfaces(${PROJECT_NAME} msg/A.msg DEPENDENCIES std_msgs)\n"
+        "ament_python_install_package(${PROJECT_NAME})\n"
+    )
+    (tmp_path / "requirements.txt").write_text("numpy\n")
+    (tmp_path / "dynamic_ofa_ros").mkdir()
+    (tmp_path / "dynamic_ofa_ros" / "m.py").write_text("import torch\nimport numpy\nimport frobnicate.x\n")
+
+    problems: list[str] = []
+    info = checker.parse_package_xml(tmp_path / "package.xml", problems)
+    assert info is not None
+    problems += checker.check_package_xml(info)
+    problems += checker.check_cmake(info, tmp_path)
+    problems += checker.check_imports(info, tmp_path)
+    text = "\n".join(problems)
+    for expected in (
+        'format="2"',
+        "must start with <name>, <version>, <description>",
+        "<flavour> is not allowed",
+        "valid email",
+        "not MAJOR.MINOR.PATCH",
+        "duplicate <exec_depend> ['rclpy']",
+        "rosidl_default_generators",
+        "python3-torch",
+        "rosidl_interface_packages",
+        "'ament_python'",
+        "project() must be dynamic_ofa_ros",
+        "misses ['msg/B.msg']",
+        "DEPENDENCIES misses ['geometry_msgs']",
+        "['std_msgs'] must be <depend>",
+        "rosidl_python #141",
+        "import torch (dynamic_ofa_ros/m.py): add <exec_depend>python3-torch",
+        "import torch (dynamic_ofa_ros/m.py): add torch to requirements.txt",
+        "import frobnicate",
+    ):
+        assert expected in text, f"{expected!r} not reported; got:\n{text}"
+    assert "add numpy to requirements.txt" not in text
+
+
+# --- setup.py (pip install of the ROS-free parts) ---------------------------------------------
+
+
+def test_setup_py_agrees_with_package_xml_and_requirements(
+    setup_module_: ModuleType, checker: ModuleType
+) -> None:
+    problems: list[str] = []
+    info = checker.parse_package_xml(REPO_ROOT / "package.xml", problems)
+    assert info is not None
+    assert setup_module_.package_version() == info.version
+    pinned = checker.requirement_names(REPO_ROOT / "requirements.txt")
+    for req in setup_module_.INSTALL_REQUIRES:
+        name = checker.normalize(req.split("=")[0].split(">")[0].split("<")[0].split("[")[0].strip())
+        assert name in pinned, f"setup.py requires {req} but requirements.txt does not pin it"
+    scripts = {s.split("=")[0].strip(): s.split("=")[1].strip() for s in setup_module_.CONSOLE_SCRIPTS}
+    cmake_bin = {name: f"{module}:{func}" for dest, name, module, func in ENTRY_POINTS if dest == "bin"}
+    assert scripts == cmake_bin
+
+
+@pytest.mark.slow
+def test_setup_py_builds_a_wheel_of_the_ros_free_parts(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("setup.py", "pyproject.toml", "package.xml", "README.md"):
+        if (REPO_ROOT / name).is_file():
+            shutil.copy2(REPO_ROOT / name, src / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for pkg in ("dynamic_ofa_ros", "offline_tools"):
+        shutil.copytree(REPO_ROOT / pkg, src / pkg, ignore=ignore)
+    out = tmp_path / "dist"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(out),
+            ".",
+        ],
+        cwd=src,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    wheels = list(out.glob("dynamic_ofa_ros-*.whl"))
+    assert len(wheels) == 1
+    with zipfile.ZipFile(wheels[0]) as whl:
+        names = set(whl.namelist())
+        entry_points = next(whl.read(n).decode() for n in names if n.endswith("entry_points.txt"))
+    for pkg in ("dynamic_ofa_ros", "offline_tools"):
+        for path in (REPO_ROOT / pkg).rglob("*.py"):
+            if "__pycache__" not in path.parts:
+                assert str(path.relative_to(REPO_ROOT)) in names
+    for path in (REPO_ROOT / "dynamic_ofa_ros" / "embedded").glob("*"):
+        if path.suffix in (".json", ".safetensors"):
+            assert str(path.relative_to(REPO_ROOT)) in names
+    assert "dofa-bench = dynamic_ofa_ros.bench:main" in entry_points
+    assert "dofa-levels = offline_tools.cli:main" in entry_points
+
+
+# --- colcon install space ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("dest", "name", "module", "func"), ENTRY_POINTS)
+def test_entry_point_installed(install_prefix: Path, dest: str, name: str, module: str, func: str) -> None:
+    exe = install_prefix / "dynamic_ofa_ros" / dest / name
+    assert exe.is_file() and os.access(exe, os.X_OK), f"{exe} missing or not executable"
+    lines = exe.read_text(encoding="utf-8").splitlines()
+    interpreter = Path(lines[0].removeprefix("#!").strip())
+    assert interpreter.is_file() and os.access(interpreter, os.X_OK), f"{exe}: bad shebang {lines[0]}"
+    assert f"from {module} import {func}" in lines
+    if dest == "bin":  # on PATH after `source install/setup.bash`
+        assert shutil.which(name) == str(exe)
+    source = REPO_ROOT.joinpath(*module.split(".")).with_suffix(".py")
+    assert source.is_file(), (
+        f"{name} runs {module}:{func}, but {source.relative_to(REPO_ROOT)} does not exist"
+    )
+    tree = ast.parse(source.read_text(encoding="utf-8"))
+    assert any(isinstance(node, ast.FunctionDef) and node.name == func for node in tree.body), (
+        f"{source.relative_to(REPO_ROOT)} has no top-level {func}()"
+    )
+
+
+def test_share_directory_installed(install_prefix: Path) -> None:
+    from ament_index_python.packages import get_package_share_directory
+
+    share = Path(get_package_share_directory("dynamic_ofa_ros"))  # what `ros2 launch` uses
+    assert share == install_prefix / "dynamic_ofa_ros" / "share" / "dynamic_ofa_ros"
+    assert (share / "package.xml").is_file()
+    for kind in ("msg", "srv"):
+        for path in (REPO_ROOT / kind).glob(f"*.{kind}"):
+            assert (share / kind / path.name).is_file()
+    for kind in ("launch", "config"):
+        for path in (REPO_ROOT / kind).rglob("*"):
+            if path.is_file() and path.name != ".gitkeep" and "__pycache__" not in path.parts:
+                assert (share / path.relative_to(REPO_ROOT)).is_file(), (
+                    f"{path} not installed (run make build)"
+                )
+
+
+def test_python_package_data_installed(install_prefix: Path) -> None:
+    site = next((install_prefix / "dynamic_ofa_ros" / "lib").glob("python3*/site-packages"))
+    for pkg in ("dynamic_ofa_ros", "offline_tools"):
+        for path in (REPO_ROOT / pkg).rglob("*"):
+            if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
+                assert (site / path.relative_to(REPO_ROOT)).is_file(), (
+                    f"{path} not installed (run make build)"
+                )
