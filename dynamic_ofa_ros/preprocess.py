@@ -1,0 +1,289 @@
+"""Image conversion (ROS encodings → RGB uint8) and the one model-input preprocessing.
+
+**The preprocessing** (used by the engine, BN calibration, accuracy evaluation and
+training-time evaluation, on CPU and GPU alike) is :func:`to_input_tensor` /
+:func:`to_input_batch`:
+
+1. the uint8 RGB image (H, W, 3) becomes float32 (1, 3, H, W) with values 0..255;
+2. it is resized to ``resolution`` × ``resolution`` (aspect ratio not kept, no crop)
+   with ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False,
+   antialias=True)`` — skipped when the image already has that size, which is
+   the identity;
+3. it is normalised with the ImageNet mean/std: ``(x / 255 - mean) / std``,
+   computed as ``x * (1 / (255 * std)) + (-mean / std)``.
+
+The same torch operations run on either device, so CPU and GPU inputs agree to
+float rounding (about 1e-5). OpenCV's INTER_AREA would be faster on the CPU but
+differs from the GPU path by up to a few grey levels, so it is not used.
+
+**Limits.** Images above ``max_pixels`` (default 40 megapixels) are rejected with
+:class:`ImageError` *before* anything is allocated or decoded (an 8000 × 8000 frame
+is refused: resize it upstream, e.g. with ``image_proc``'s resize node, or raise the
+limit). Supported raw encodings: rgb8, bgr8, rgba8, bgra8, mono8.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dynamic_ofa_ros.errors import ImageError
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "SUPPORTED_ENCODINGS",
+    "check_rgb",
+    "decode_compressed",
+    "image_from_buffer",
+    "to_input_batch",
+    "to_input_tensor",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_MAX_PIXELS = 40_000_000
+#: encoding → (channels, index of R, G, B within a pixel)
+_ENCODINGS: dict[str, tuple[int, tuple[int, int, int]]] = {
+    "rgb8": (3, (0, 1, 2)),
+    "bgr8": (3, (2, 1, 0)),
+    "rgba8": (4, (0, 1, 2)),
+    "bgra8": (4, (2, 1, 0)),
+    "mono8": (1, (0, 0, 0)),
+}
+SUPPORTED_ENCODINGS: tuple[str, ...] = tuple(_ENCODINGS)
+_constants: dict[tuple[str, int | None], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _check_size(width: int, height: int, max_pixels: int, what: str) -> None:
+    if width <= 0 or height <= 0:
+        raise ImageError(f"{what} is empty ({width}x{height}); send a non-empty image")
+    if width * height > max_pixels:
+        raise ImageError(
+            f"{what} is {width}x{height} = {width * height / 1e6:.1f} MP, above the limit of "
+            f"{max_pixels / 1e6:.1f} MP; resize it upstream (e.g. image_proc resize) or raise max_pixels"
+        )
+
+
+def image_from_buffer(
+    data: bytes | bytearray | memoryview | np.ndarray,
+    *,
+    width: int,
+    height: int,
+    step: int,
+    encoding: str,
+    is_bigendian: bool | int = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> np.ndarray:
+    """A ``sensor_msgs/Image`` buffer as an (H, W, 3) uint8 RGB array.
+
+    ``step`` is the row length in bytes (rows may be padded); ``len(data)`` must be
+    ``step * height``. mono8 is replicated to three channels; alpha is dropped. For
+    rgb8 without padding the result is a read-only view of ``data`` (no copy);
+    otherwise a new array. ``is_bigendian`` does not matter for 8-bit encodings.
+    Raises :class:`ImageError` for other encodings, inconsistent sizes or images
+    above ``max_pixels``.
+    """
+    for name, value in (("width", width), ("height", height), ("step", step)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise ImageError(f"image {name}={value!r} must be an integer")
+    width, height, step = int(width), int(height), int(step)
+    enc = str(encoding).strip().lower()
+    if enc not in _ENCODINGS:
+        raise ImageError(
+            f"image encoding {encoding!r} is not supported; use one of {', '.join(SUPPORTED_ENCODINGS)} "
+            "(convert e.g. bayer/yuv/16-bit/float images upstream, e.g. with image_proc or cv_bridge)"
+        )
+    _check_size(width, height, max_pixels, f"image ({encoding})")
+    channels, order = _ENCODINGS[enc]
+    row = width * channels
+    if step < row:
+        raise ImageError(
+            f"image step {step} is smaller than width*channels = {width}*{channels} = {row}; fix the header"
+        )
+    buf = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data.reshape(-1)
+    if buf.dtype != np.uint8:
+        raise ImageError(f"image data has dtype {buf.dtype}, expected bytes / uint8")
+    if buf.size != step * height:
+        raise ImageError(
+            f"image data has {buf.size} bytes but step*height = {step}*{height} = {step * height}; "
+            "the message is truncated or its header is wrong"
+        )
+    rows = buf.reshape(height, step)[:, :row].reshape(height, width, channels)
+    if enc == "rgb8":
+        return rows if step == row else np.ascontiguousarray(rows)
+    if enc == "mono8":
+        return np.repeat(rows, 3, axis=2)
+    return np.ascontiguousarray(rows[:, :, list(order)])
+
+
+def _png_size(data: bytes) -> tuple[int, int] | None:
+    if len(data) >= 24 and data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
+        width, height = struct.unpack(">II", data[16:24])
+        return int(width), int(height)
+    return None
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    if len(data) < 4 or data[:2] != b"\xff\xd8":
+        return None
+    i = 2
+    n = len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            i += 1
+            continue
+        marker = data[i + 1]
+        if marker == 0xFF:
+            i += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        length = int.from_bytes(data[i + 2 : i + 4], "big")
+        if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
+            if i + 9 <= n:
+                height, width = struct.unpack(">HH", data[i + 5 : i + 9])
+                return int(width), int(height)
+            return None
+        i += 2 + length
+    return None
+
+
+def decode_compressed(
+    data: bytes | bytearray | memoryview | np.ndarray,
+    *,
+    fmt: str = "jpeg",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> np.ndarray:
+    """Decode a JPEG or PNG (``sensor_msgs/CompressedImage``) into (H, W, 3) uint8 RGB.
+
+    ``fmt`` is the message's ``format`` string (e.g. ``"jpeg"``, ``"png"``,
+    ``"bgr8; jpeg compressed bgr8"``). The size in the file header is checked against
+    ``max_pixels`` before decoding. Corrupt data raises :class:`ImageError`.
+    """
+    import cv2
+
+    text = str(fmt).lower()
+    if not any(word in text for word in ("jpeg", "jpg", "png")):
+        raise ImageError(f"compressed format {fmt!r} is not supported; publish JPEG or PNG")
+    raw = bytes(data) if not isinstance(data, bytes) else data
+    if not raw:
+        raise ImageError("compressed image is empty")
+    size = _png_size(raw) or _jpeg_size(raw)
+    if size is not None:
+        _check_size(size[0], size[1], max_pixels, f"compressed image ({fmt})")
+    bgr = cv2.imdecode(np.frombuffer(raw, dtype=np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None or bgr.ndim != 3 or bgr.shape[2] != 3:
+        raise ImageError(
+            f"compressed image ({fmt}, {len(raw)} bytes) could not be decoded: corrupt or truncated"
+        )
+    _check_size(int(bgr.shape[1]), int(bgr.shape[0]), max_pixels, f"compressed image ({fmt})")
+    return np.ascontiguousarray(bgr[:, :, ::-1])
+
+
+def check_rgb(image: np.ndarray | torch.Tensor, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """Raise :class:`ImageError` unless ``image`` is an (H, W, 3) uint8 array/tensor within the size limit."""
+    if isinstance(image, np.ndarray):
+        dtype_ok = image.dtype == np.uint8
+    elif isinstance(image, torch.Tensor):
+        dtype_ok = image.dtype == torch.uint8
+    else:
+        raise ImageError(f"expected an (H, W, 3) uint8 numpy array or tensor, got {type(image).__name__}")
+    shape = tuple(image.shape)
+    if len(shape) != 3 or shape[2] != 3:
+        raise ImageError(
+            f"expected an (H, W, 3) RGB image, got shape {shape}; convert it with image_from_buffer"
+        )
+    if not dtype_ok:
+        raise ImageError(f"expected dtype uint8, got {image.dtype}; scale/convert to 8-bit RGB first")
+    _check_size(int(shape[1]), int(shape[0]), max_pixels, "image")
+
+
+def _norm_constants(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    key = (device.type, device.index)
+    if key not in _constants:
+        std = torch.tensor(IMAGENET_STD, dtype=torch.float32)
+        mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32)
+        scale = (1.0 / (255.0 * std)).view(1, 3, 1, 1).to(device)
+        shift = (-mean / std).view(1, 3, 1, 1).to(device)
+        _constants[key] = (scale, shift)
+    return _constants[key]
+
+
+def _as_tensor(image: np.ndarray | torch.Tensor) -> torch.Tensor:
+    if isinstance(image, torch.Tensor):
+        return image
+    if not image.flags.writeable:
+        # torch.from_numpy warns on read-only arrays; we never write, but copying is cheap relative to a model
+        image = image.copy()
+    return torch.from_numpy(np.ascontiguousarray(image))
+
+
+def _resize_normalise(x: torch.Tensor, resolution: int, out: torch.Tensor | None) -> torch.Tensor:
+    """``x``: float (N, 3, H, W) in 0..255 → normalised (N, 3, r, r), written into ``out`` when given."""
+    if x.shape[-2:] != (resolution, resolution):
+        x = F.interpolate(
+            x, size=(resolution, resolution), mode="bilinear", align_corners=False, antialias=True
+        )
+    scale, shift = _norm_constants(x.device)
+    if out is None:
+        return torch.addcmul(shift, x, scale)
+    return torch.addcmul(shift, x, scale, out=out)
+
+
+def to_input_tensor(
+    rgb: np.ndarray | torch.Tensor,
+    *,
+    resolution: int,
+    device: str | torch.device = "cpu",
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The model input (1, 3, r, r) float32 for an (H, W, 3) uint8 RGB image (see the module docstring).
+
+    ``out`` (shape (1, 3, r, r), float32, on ``device``) receives the result (the
+    engine's static input buffer on CUDA). A tensor ``rgb`` may already be on the device.
+    """
+    check_rgb(rgb)
+    dev = torch.device(device)
+    t = _as_tensor(rgb).to(dev, non_blocking=True)
+    x = t.permute(2, 0, 1).unsqueeze(0).float()
+    if out is not None and (tuple(out.shape) != (1, 3, resolution, resolution) or out.device != x.device):
+        raise ImageError(
+            f"out has shape {tuple(out.shape)} on {out.device}; need (1, 3, {resolution}, {resolution})"
+        )
+    return _resize_normalise(x, int(resolution), out)
+
+
+def to_input_batch(
+    images: Sequence[np.ndarray | torch.Tensor] | np.ndarray | torch.Tensor,
+    *,
+    resolution: int,
+    device: str | torch.device = "cpu",
+) -> torch.Tensor:
+    """(N, 3, r, r) float32 inputs for N RGB uint8 images — same result per image as :func:`to_input_tensor`.
+
+    ``images`` is an (N, H, W, 3) uint8 array/tensor or a sequence of (H, W, 3) images
+    (sizes may differ).
+    """
+    dev = torch.device(device)
+    if isinstance(images, (np.ndarray, torch.Tensor)):
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise ImageError(f"expected an (N, H, W, 3) uint8 batch, got shape {tuple(images.shape)}")
+        if images.shape[0] == 0:
+            raise ImageError("the batch is empty")
+        check_rgb(images[0])
+        t = _as_tensor(images).to(dev, non_blocking=True)
+        return _resize_normalise(t.permute(0, 3, 1, 2).float(), int(resolution), None)
+    items = list(images)
+    if not items:
+        raise ImageError("the batch is empty")
+    out = torch.empty((len(items), 3, resolution, resolution), dtype=torch.float32, device=dev)
+    for i, image in enumerate(items):
+        to_input_tensor(image, resolution=resolution, device=dev, out=out[i : i + 1])
+    return out

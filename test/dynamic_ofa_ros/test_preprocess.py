@@ -1,0 +1,182 @@
+"""ROS image encodings → RGB, compressed images, and the one model-input preprocessing."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dynamic_ofa_ros.errors import ImageError
+from dynamic_ofa_ros.preprocess import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    SUPPORTED_ENCODINGS,
+    decode_compressed,
+    image_from_buffer,
+    to_input_batch,
+    to_input_tensor,
+)
+
+torch.set_num_threads(1)
+RNG = np.random.default_rng(0)
+RGB = RNG.integers(0, 256, (5, 7, 3), dtype=np.uint8)
+
+
+def pack(pixels: np.ndarray, pad: int) -> tuple[bytes, int]:
+    """Rows of ``pixels`` (H, W, C) with ``pad`` junk bytes after each row, as a ROS Image buffer."""
+    h, w, c = pixels.shape
+    step = w * c + pad
+    buf = np.full((h, step), 0xAB, dtype=np.uint8)
+    buf[:, : w * c] = pixels.reshape(h, w * c)
+    return buf.tobytes(), step
+
+
+ENCODED = {
+    "rgb8": RGB,
+    "bgr8": RGB[:, :, ::-1],
+    "rgba8": np.concatenate([RGB, np.full((5, 7, 1), 9, np.uint8)], axis=2),
+    "bgra8": np.concatenate([RGB[:, :, ::-1], np.full((5, 7, 1), 9, np.uint8)], axis=2),
+}
+
+
+@pytest.mark.parametrize("pad", [0, 3, 16])
+@pytest.mark.parametrize("encoding", sorted(ENCODED))
+def test_color_encodings(encoding: str, pad: int) -> None:
+    data, step = pack(np.ascontiguousarray(ENCODED[encoding]), pad)
+    out = image_from_buffer(data, width=7, height=5, step=step, encoding=encoding, is_bigendian=False)
+    assert out.shape == (5, 7, 3) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out, RGB)
+
+
+@pytest.mark.parametrize("pad", [0, 1])
+def test_mono8_is_replicated(pad: int) -> None:
+    gray = RGB[:, :, 0:1]
+    data, step = pack(np.ascontiguousarray(gray), pad)
+    out = image_from_buffer(data, width=7, height=5, step=step, encoding="mono8", is_bigendian=True)
+    for c in range(3):
+        np.testing.assert_array_equal(out[:, :, c], gray[:, :, 0])
+
+
+def test_memoryview_and_bytearray_inputs() -> None:
+    data, step = pack(RGB, 0)
+    for buf in (memoryview(data), bytearray(data), np.frombuffer(data, np.uint8)):
+        np.testing.assert_array_equal(
+            image_from_buffer(buf, width=7, height=5, step=step, encoding="rgb8"), RGB
+        )
+
+
+@pytest.mark.parametrize("encoding", ["16UC1", "32FC1", "bayer_rggb8", "yuv422", "mono16", "rgb16", "nv21"])
+def test_unsupported_encodings_name_the_supported_set(encoding: str) -> None:
+    with pytest.raises(ImageError, match=f"{encoding}.*not supported.*rgb8, bgr8, rgba8, bgra8, mono8"):
+        image_from_buffer(b"\0" * 70, width=7, height=5, step=14, encoding=encoding, is_bigendian=False)
+    assert set(SUPPORTED_ENCODINGS) == {"rgb8", "bgr8", "rgba8", "bgra8", "mono8"}
+
+
+def test_bad_geometry() -> None:
+    data, step = pack(RGB, 0)
+    with pytest.raises(ImageError, match="empty"):
+        image_from_buffer(b"", width=0, height=5, step=0, encoding="rgb8")
+    with pytest.raises(ImageError, match="empty"):
+        image_from_buffer(b"", width=7, height=0, step=21, encoding="rgb8")
+    with pytest.raises(ImageError, match=r"step\*height = 21\*5 = 105"):
+        image_from_buffer(data[:-1], width=7, height=5, step=step, encoding="rgb8")
+    with pytest.raises(ImageError, match="step 20 is smaller than width\\*channels"):
+        image_from_buffer(data, width=7, height=5, step=20, encoding="rgb8")
+    with pytest.raises(ImageError, match="must be an integer"):
+        image_from_buffer(data, width=7.0, height=5, step=step, encoding="rgb8")  # type: ignore[arg-type]
+
+
+def test_huge_image_rejected_without_allocation() -> None:
+    # 8000 x 8000 rgb8 would be 192 MB; the header alone is enough to refuse it
+    with pytest.raises(
+        ImageError, match=r"8000x8000 = 64.0 MP, above the limit of 40.0 MP; resize it upstream"
+    ):
+        image_from_buffer(b"", width=8000, height=8000, step=24000, encoding="rgb8")
+    with pytest.raises(ImageError, match="above the limit"):
+        image_from_buffer(b"\0" * 300, width=10, height=10, step=30, encoding="rgb8", max_pixels=99)
+
+
+def test_decode_compressed_jpeg_png() -> None:
+    smooth = cv2.resize(RGB, (64, 48), interpolation=cv2.INTER_LINEAR)
+    ok, png = cv2.imencode(".png", smooth[:, :, ::-1])
+    assert ok
+    np.testing.assert_array_equal(decode_compressed(png.tobytes(), fmt="png"), smooth)
+    ok, jpg = cv2.imencode(".jpg", smooth[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 98])
+    assert ok
+    out = decode_compressed(jpg.tobytes(), fmt="bgr8; jpeg compressed bgr8")
+    assert out.shape == (48, 64, 3)
+    assert np.abs(out.astype(int) - smooth.astype(int)).mean() < 6  # lossy, but RGB order kept
+    with pytest.raises(ImageError, match="could not be decoded"):
+        decode_compressed(jpg.tobytes()[:40], fmt="jpeg")
+    with pytest.raises(ImageError, match="could not be decoded"):
+        decode_compressed(b"garbage" * 10, fmt="png")
+    with pytest.raises(ImageError, match="not supported"):
+        decode_compressed(png.tobytes(), fmt="tiff")
+    with pytest.raises(ImageError, match="empty"):
+        decode_compressed(b"", fmt="jpeg")
+
+
+def test_decode_compressed_checks_size_before_decoding() -> None:
+    big = np.zeros((300, 400, 3), np.uint8)
+    for ext in (".png", ".jpg"):
+        ok, enc = cv2.imencode(ext, big)
+        assert ok
+        with pytest.raises(ImageError, match=r"400x300 = 0.1 MP, above the limit"):
+            decode_compressed(enc.tobytes(), fmt=ext[1:], max_pixels=1000)
+
+
+def reference(rgb: np.ndarray, r: int) -> torch.Tensor:
+    """The documented definition, written out step by step."""
+    x = torch.from_numpy(rgb.copy()).permute(2, 0, 1).unsqueeze(0).float() / 255.0
+    x = F.interpolate(x, size=(r, r), mode="bilinear", align_corners=False, antialias=True)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+@pytest.mark.parametrize(("h", "w", "r"), [(48, 64, 32), (480, 640, 128), (128, 128, 128), (100, 90, 160)])
+def test_to_input_tensor_matches_definition(h: int, w: int, r: int) -> None:
+    img = RNG.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    out = to_input_tensor(img, resolution=r)
+    assert out.shape == (1, 3, r, r) and out.dtype == torch.float32
+    torch.testing.assert_close(out, reference(img, r), rtol=0, atol=1e-5)
+    buf = torch.empty(1, 3, r, r)
+    res = to_input_tensor(torch.from_numpy(img), resolution=r, out=buf)
+    assert res.data_ptr() == buf.data_ptr()
+    torch.testing.assert_close(buf, out, rtol=0, atol=0)
+
+
+def test_to_input_tensor_validates() -> None:
+    with pytest.raises(ImageError, match=r"\(H, W, 3\)"):
+        to_input_tensor(np.zeros((4, 4), np.uint8), resolution=32)
+    with pytest.raises(ImageError, match="dtype uint8"):
+        to_input_tensor(np.zeros((4, 4, 3), np.float32), resolution=32)
+    with pytest.raises(ImageError, match="numpy array or tensor"):
+        to_input_tensor([[1, 2, 3]], resolution=32)  # type: ignore[arg-type]
+    with pytest.raises(ImageError, match="empty"):
+        to_input_tensor(np.zeros((0, 4, 3), np.uint8), resolution=32)
+    with pytest.raises(ImageError, match="out has shape"):
+        to_input_tensor(np.zeros((4, 4, 3), np.uint8), resolution=32, out=torch.empty(1, 3, 16, 16))
+
+
+def test_batch_equals_single() -> None:
+    imgs = RNG.integers(0, 256, (3, 40, 50, 3), dtype=np.uint8)
+    batch = to_input_batch(imgs, resolution=32)
+    listed = to_input_batch([imgs[0], imgs[1][:30], imgs[2]], resolution=32)
+    for i in range(3):
+        torch.testing.assert_close(
+            batch[i : i + 1], to_input_tensor(imgs[i], resolution=32), rtol=0, atol=1e-6
+        )
+    torch.testing.assert_close(listed[1:2], to_input_tensor(imgs[1][:30], resolution=32), rtol=0, atol=0)
+    with pytest.raises(ImageError, match="empty"):
+        to_input_batch([], resolution=32)
+
+
+@pytest.mark.cuda
+def test_cuda_matches_cpu() -> None:
+    img = RNG.integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    cpu = to_input_tensor(img, resolution=176)
+    gpu = to_input_tensor(img, resolution=176, device="cuda").cpu()
+    torch.testing.assert_close(gpu, cpu, rtol=0, atol=1e-4)
