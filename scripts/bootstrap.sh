@@ -47,7 +47,7 @@ fi
     || die "$VENV is not a Python 3.11 environment; remove it (make distclean) and retry"
 
 log "installing requirements.txt + requirements-dev.txt into $VENV (first time: a few minutes, ~6 GB)"
-"$VENV/bin/python" -m pip install --disable-pip-version-check --progress-bar off -q \
+"$VENV/bin/python" -m pip install --disable-pip-version-check --progress-bar off -qq \
     -r requirements.txt -r requirements-dev.txt
 
 # --- make the ros-* wheels' CMake exports point at this venv ---------------------------------

@@ -322,17 +322,23 @@ def _clean_shell_env() -> dict[str, str]:
 def test_generated_types_import_after_sourcing_setup_bash(
     install_prefix: Path, repo_root: Path, tmp_path: Path, cwd_kind: str
 ) -> None:
-    venv_activate = Path(sys.prefix) / "bin" / "activate"
+    """A user's shell: (activate the venv,) ``source install/setup.bash``, run python.
+
+    ``repo_root`` is the common case of this repository, which is its own colcon workspace:
+    ``python -c`` puts the current directory, with the source package, first on sys.path.
+    """
+    steps = []
+    if sys.prefix != sys.base_prefix:  # PyPI ROS in a venv (make build); a system ROS needs none
+        steps += [
+            f"source {shlex.quote(str(Path(sys.prefix) / 'bin' / 'activate'))}",
+            f"export AMENT_PREFIX_PATH={shlex.quote(sys.prefix)}",
+        ]
     code = (
         "from dynamic_ofa_ros.msg import Prediction; from dynamic_ofa_ros.srv import SetConstraints; "
         "print('ok')"
     )
-    script = (
-        f"source {shlex.quote(str(venv_activate))} && "
-        f"export AMENT_PREFIX_PATH={shlex.quote(sys.prefix)} && "
-        f"source {shlex.quote(str(install_prefix / 'setup.bash'))} && "
-        f"python -c {shlex.quote(code)}"
-    )
+    steps += [f"source {shlex.quote(str(install_prefix / 'setup.bash'))}", f"python3 -c {shlex.quote(code)}"]
+    script = " && ".join(steps)
     cwd = tmp_path if cwd_kind == "elsewhere" else repo_root
     result = subprocess.run(
         ["bash", "-c", script], cwd=cwd, env=_clean_shell_env(), capture_output=True, text=True, timeout=120
