@@ -28,7 +28,9 @@ __all__ = [
     "count_macs",
     "expected_bn_shapes",
     "extract_subnet",
+    "load_bn_into_supernet",
     "load_bn_state",
+    "supernet_bn_targets",
 ]
 
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -257,3 +259,44 @@ def count_macs(module: nn.Module, resolution: int) -> float:
         for handle in handles:
             handle.remove()
     return total[0] / 1e6
+
+
+def supernet_bn_targets(supernet_net: nn.Module, config: SubnetConfig) -> dict[str, tuple[str, int]]:
+    """Map each BN key of ``config``'s extracted sub-network to ``(super-network layer path, channels)``.
+
+    The super-network's dynamic BN layers use the first ``channels`` entries of their
+    running statistics for the active sub-network (that is what ``get_active_subnet``
+    copies), so a level's BN state can be written into the super-network with
+    :func:`load_bn_into_supernet` (the reference design's switch).
+    """
+    net: Any = supernet_net
+    targets: dict[str, tuple[str, int]] = {}
+    shapes = expected_bn_shapes(supernet_net, config)
+    static_prefixes = ("first_conv.", "blocks.0.", "final_expand_layer.", "feature_mix_layer.")
+    block_of = {i + 1: 1 + b for i, b in enumerate(config.active_blocks())}
+    for key, shape in shapes.items():
+        layer = key.rsplit(".", 1)[0]
+        if layer.startswith(static_prefixes):
+            targets[key] = (layer, shape[0])
+            continue
+        _, sub_index, rest = layer.split(".", 2)  # blocks.<j>.conv.<part>.bn
+        super_index = block_of[int(sub_index)]
+        targets[key] = (f"blocks.{super_index}.{rest}.bn", shape[0])
+    if len(net.blocks) != 1 + len(config.ks):
+        raise ArchitectureError("unexpected super-network layout")
+    return targets
+
+
+def load_bn_into_supernet(
+    supernet_net: nn.Module, config: SubnetConfig, state: Mapping[str, torch.Tensor]
+) -> None:
+    """Write a level's BN state (extracted-sub-network keys) into the super-network's dynamic BN layers."""
+    modules = dict(supernet_net.named_modules())
+    with torch.no_grad():
+        for key, (path, channels) in supernet_bn_targets(supernet_net, config).items():
+            layer = modules[path]
+            stat = key.rsplit(".", 1)[1]
+            target = getattr(layer, stat)
+            target[:channels].copy_(
+                state[key].to(device=target.device, dtype=target.dtype), non_blocking=True
+            )

@@ -38,6 +38,7 @@ __all__ = [
     "LevelTable",
     "bn_path_for",
     "build_level_table",
+    "check_table_supernet",
     "load_level_table",
     "profile_module",
     "save_level_table",
@@ -422,6 +423,11 @@ def _check_supernet(header: Mapping[str, Any], supernet: Supernet, file: str) ->
             f"(sha256 {want['sha256'][:16]}...), the loaded model is {supernet.name} from {supernet.source} "
             f"(sha256 {supernet.sha256[:16]}...); rebuild with dofa-levels build or pass the matching model",
         )
+
+
+def check_table_supernet(table: LevelTable, supernet: Supernet) -> None:
+    """Raise :class:`LevelTableError` unless ``table`` was built for ``supernet`` (same weights checksum)."""
+    _check_supernet({"supernet": table.supernet}, supernet, str(table.path or "level table"))
 
 
 def _validate(

@@ -1,0 +1,481 @@
+"""``dofa-bench``: engine latency per level, switch time, manager overhead and memory, as one JSON object.
+
+Usage::
+
+    dofa-bench --device cpu --table config/levels/cpu.json --model embedded --threads 1 --out bench.json
+    dofa-bench --device cuda --model random --allow-random --out docs/results/bench-h100.json
+
+Without ``--table`` a small table of three sample sub-networks (``--configs``) is built
+in-process (extraction, BN calibration on synthetic images, CPU profiling): enough to
+measure the engine, not for accuracy. Measured, all in the same process:
+
+* per level ``infer_ms_p50/p95``: :meth:`LevelEngine.infer` on one ``--image`` sized
+  uint8 RGB frame (preprocessing + model, output on the host);
+* ``static_ms_p50/p95``: the same sub-network as a plain extracted eager module on an
+  already preprocessed input (model only), interleaved with the engine runs;
+* ``preprocess_ms_p50``: :func:`~dynamic_ofa_ros.preprocess.to_input_tensor` alone;
+* on CUDA ``floor_ms_p50``: that sub-network alone captured as a CUDA graph
+  (replay + synchronise, same dtype/layout as the engine's choice);
+* ``switch_ms_p50/p99``: from ``switch()`` to the first output of the new level,
+  minus that frame's ``inference_ms``;
+* ``manager_overhead_us_p50/p99``: one ``RuntimeManager.observe`` call;
+* ``memory_mb`` per level and total; on CUDA (or with ``--reference``) the reference
+  design: switching by ``set_active_subnet`` + loading BN into the super-network, and
+  by ``get_active_subnet`` extraction.
+
+Progress goes to stderr (tqdm); the JSON goes to stdout and ``--out`` (atomic write).
+Accuracy is never reported here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import functools
+import json
+import platform
+import random
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dynamic_ofa_ros.arch import SubnetConfig
+from dynamic_ofa_ros.bn import extract_subnet, load_bn_into_supernet, load_bn_state
+from dynamic_ofa_ros.engine import LevelEngine
+from dynamic_ofa_ros.errors import DofaError
+from dynamic_ofa_ros.levels import LevelTable, build_level_table, load_level_table
+from dynamic_ofa_ros.preprocess import to_input_tensor
+from dynamic_ofa_ros.supernet import Supernet, load_supernet
+from dynamic_ofa_ros.timing import atomic_write_text, device_name, percentile
+
+__all__ = ["SAMPLE_CONFIGS", "main", "run_bench"]
+
+#: The issue's sample sub-networks: small / medium / largest.
+SAMPLE_CONFIGS: dict[str, SubnetConfig] = {
+    "small": SubnetConfig(resolution=128, ks=(3,) * 20, e=(3,) * 20, d=(2,) * 5),
+    "medium": SubnetConfig(resolution=176, ks=(5,) * 20, e=(4,) * 20, d=(3,) * 5),
+    "large": SubnetConfig(resolution=224, ks=(7,) * 20, e=(6,) * 20, d=(4,) * 5),
+}
+
+
+def _progress(iterable: Any, desc: str, total: int | None = None) -> Any:
+    from tqdm import tqdm  # type: ignore[import-untyped]
+
+    return tqdm(iterable, desc=desc, total=total, file=sys.stderr, leave=False)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _ms(fn: Callable[[], Any], device: torch.device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return (time.perf_counter() - start) * 1000.0
+
+
+def _stats(values: Sequence[float], prefix: str, unit: str = "ms") -> dict[str, float]:
+    return {
+        f"{prefix}_{unit}_p50": round(percentile(values, 50), 4),
+        f"{prefix}_{unit}_p95": round(percentile(values, 95), 4),
+        f"{prefix}_{unit}_p99": round(percentile(values, 99), 4),
+    }
+
+
+def _static_module(
+    supernet: Supernet, table: LevelTable, level: int, device: torch.device
+) -> torch.nn.Module:
+    assert table.bn is not None
+    cfg = table.level(level).config
+    module = extract_subnet(supernet.net, cfg)
+    load_bn_state(module, table.bn[level], where=f"level {level}")
+    return module.to(device).eval()
+
+
+def _floor_graph(
+    module: torch.nn.Module, runner_half: bool, runner_cl: bool, r: int, device: torch.device
+) -> Any:
+    """``module`` alone as a CUDA graph (same dtype/layout as the engine's level); returns the graph."""
+    mod = copy.deepcopy(module)
+    if runner_half:
+        mod = mod.half()
+    if runner_cl:
+        mod = mod.to(memory_format=torch.channels_last)
+    x = torch.randn(1, 3, r, r, device=device)
+    if runner_half:
+        x = x.half()
+    if runner_cl:
+        x = x.contiguous(memory_format=torch.channels_last)
+    stream_factory: Any = torch.cuda.Stream
+    side = stream_factory(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.no_grad(), torch.cuda.stream(side):
+        for _ in range(3):
+            mod(x)
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.no_grad(), torch.cuda.graph(graph, capture_error_mode="thread_local"):
+        mod(x)
+    torch.cuda.synchronize(device)
+    graph.__dict__["_keep"] = (mod, x)  # keep the static tensors alive with the graph
+    return graph
+
+
+def _manager_overhead(table: LevelTable, samples: int) -> dict[str, Any]:
+    try:
+        from dynamic_ofa_ros import manager as manager_mod
+    except ImportError as exc:  # pragma: no cover - the manager ships with the package
+        return {
+            "manager_overhead_us_p50": None,
+            "manager_note": f"dynamic_ofa_ros.manager unavailable: {exc}",
+        }
+    note = "levels from the table"
+    rows: list[Any]
+    if all(lv.rank_accuracy is not None for lv in table.levels):
+        rows = list(table.levels)
+    else:
+        # accuracy does not change the manager's cost; placeholders only for timing, never reported
+        note = "table has no accuracy (random weights): placeholder accuracies used for timing only"
+        rows = [
+            manager_mod.LevelSpec(level=lv.level, latency_ms=lv.latency_ms, accuracy=50.0 + lv.level)
+            for lv in table.levels
+        ]
+    specs = [manager_mod.LevelSpec.from_level(row) for row in rows]
+    manager = manager_mod.RuntimeManager(specs)
+    budget = float(np.median([lv.latency_ms for lv in table.levels]))
+    manager.set_constraints(latency_budget_ms=budget)
+    rng = random.Random(0)
+    trace = [budget * rng.uniform(0.6, 1.3) for _ in range(samples)]
+    times = []
+    for latency in _progress(trace, "manager"):
+        start = time.perf_counter_ns()
+        manager.observe(latency)
+        times.append((time.perf_counter_ns() - start) / 1000.0)
+    return {
+        "manager_overhead_us_p50": round(percentile(times, 50), 3),
+        "manager_overhead_us_p99": round(percentile(times, 99), 3),
+        "manager_note": note,
+    }
+
+
+def _reference_design(
+    supernet: Supernet, table: LevelTable, device: torch.device, switches: int, extractions: int
+) -> dict[str, Any]:
+    """The reference design's switch costs and the dynamic super-network's latency, same process."""
+    assert table.bn is not None
+    net = copy.deepcopy(supernet.net).to(device).eval()  # BN writes must not touch the engine's model
+    numbers = table.numbers
+    rng = random.Random(1)
+    set_times: list[float] = []
+    dynamic: dict[int, list[float]] = {n: [] for n in numbers}
+    current = numbers[0]
+    for _ in _progress(range(switches), "reference: set_active_subnet + BN"):
+        target = rng.choice([n for n in numbers if n != current] or numbers)
+        lv = table.level(target)
+        assert table.bn is not None
+        bn = table.bn[target]
+
+        def switch(cfg: SubnetConfig = lv.config, bn: dict[str, torch.Tensor] = bn) -> None:
+            net.set_active_subnet(**cfg.ofa_kwargs())  # type: ignore[operator]
+            load_bn_into_supernet(net, cfg, bn)
+
+        set_times.append(_ms(switch, device))
+        x = torch.randn(1, 3, lv.resolution, lv.resolution, device=device)
+        with torch.inference_mode():
+            dynamic[target].append(_ms(functools.partial(net, x), device))
+        current = target
+    extract_times: list[float] = []
+    for i in _progress(range(extractions), "reference: get_active_subnet"):
+        n = numbers[i % len(numbers)]
+
+        def extract(n: int = n) -> None:
+            assert table.bn is not None
+            module = extract_subnet(net, table.level(n).config)
+            load_bn_state(module, table.bn[n], where=f"level {n}")
+            module.to(device)
+
+        extract_times.append(_ms(extract, device))
+    return {
+        "set_active_subnet_bn": {
+            **_stats(set_times, "switch"),
+            "samples": len(set_times),
+            "dynamic_infer_ms_p50": {
+                str(n): round(percentile(v, 50), 4) if v else None for n, v in dynamic.items()
+            },
+        },
+        "get_active_subnet": {**_stats(extract_times, "switch"), "samples": len(extract_times)},
+    }
+
+
+def run_bench(
+    *,
+    device: str = "cpu",
+    table_path: str | None = None,
+    model: str = "embedded",
+    allow_random: bool = False,
+    threads: int | None = None,
+    iterations: int = 50,
+    warmup: int = 10,
+    switches: int = 200,
+    manager_samples: int = 5000,
+    image_size: tuple[int, int] = (480, 640),
+    configs: Sequence[str] = ("small", "medium", "large"),
+    reference: bool | None = None,
+    reference_switches: int = 50,
+    reference_extractions: int = 6,
+    half: bool | None = None,
+    channels_last: bool | None = None,
+) -> dict[str, Any]:
+    """Run the benchmark and return the JSON-ready result (see the module docstring)."""
+    dev = torch.device(device)
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    supernet = load_supernet(model, device="cpu", allow_random=allow_random)
+    ad_hoc = table_path is None
+    if table_path is None:
+        unknown = [c for c in configs if c not in SAMPLE_CONFIGS]
+        if unknown:
+            raise DofaError(f"unknown --configs {unknown}; choose from {sorted(SAMPLE_CONFIGS)}")
+        table = build_level_table(
+            supernet, [SAMPLE_CONFIGS[c] for c in configs], threads=threads, warmup=2, iterations=5
+        )
+    else:
+        table = load_level_table(table_path, supernet=supernet)
+    if dev.type == "cuda":
+        supernet.net.to(dev)
+    engine = LevelEngine(
+        supernet,
+        table,
+        device=dev,
+        threads=threads,
+        half=half,
+        channels_last=channels_last,
+        warmup=3,
+        warmup_shapes=[image_size],
+        check_device=not ad_hoc,
+    )
+    dev = engine.device
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (image_size[0], image_size[1], 3), dtype=np.uint8)
+    per_level: list[dict[str, Any]] = []
+    memory = engine.memory_mb
+    for lv in _progress(table.levels, "levels"):
+        n = lv.level
+        runner = engine.runner(n)
+        static = _static_module(supernet, table, n, dev)
+        r = lv.resolution
+        x = to_input_tensor(image, resolution=r, device=dev)
+        engine.switch(n)
+        infer_t: list[float] = []
+        static_t: list[float] = []
+        pre_t: list[float] = []
+        with torch.inference_mode():
+            for i in range(warmup + iterations):
+                res = engine.infer(image)
+                s = _ms(functools.partial(static, x), dev)
+                p = _ms(functools.partial(to_input_tensor, image, resolution=r, device=dev), dev)
+                if i >= warmup:
+                    infer_t.append(res.inference_ms)
+                    static_t.append(s)
+                    pre_t.append(p)
+        row: dict[str, Any] = {
+            "level": n,
+            "resolution": lv.resolution,
+            "architecture": lv.config.key(),
+            "table_latency_ms": lv.latency_ms,
+            "infer_ms_p50": round(percentile(infer_t, 50), 4),
+            "infer_ms_p95": round(percentile(infer_t, 95), 4),
+            "static_ms_p50": round(percentile(static_t, 50), 4),
+            "static_ms_p95": round(percentile(static_t, 95), 4),
+            "preprocess_ms_p50": round(percentile(pre_t, 50), 4),
+            "memory_mb": round(memory[n], 3),
+            "execution": engine.execution[n],
+        }
+        row["infer_over_static"] = round(row["infer_ms_p50"] / row["static_ms_p50"], 4)
+        if dev.type == "cuda":
+            graph = _floor_graph(static, runner.half, runner.channels_last, lv.resolution, dev)
+            floor_t = [_ms(graph.replay, dev) for _ in range(warmup + iterations)][warmup:]
+            row["floor_ms_p50"] = round(percentile(floor_t, 50), 4)
+            row["infer_over_floor"] = round(row["infer_ms_p50"] / row["floor_ms_p50"], 4)
+            del graph
+        per_level.append(row)
+    # switching: request -> first output of the new level, minus that frame's inference time
+    numbers = table.numbers
+    pick = random.Random(2)
+    switch_t: list[float] = []
+    for _ in _progress(range(switches), "switches"):
+        target = pick.choice([m for m in numbers if m != engine.current_level] or numbers)
+        start = time.perf_counter()
+        engine.switch(target)
+        res = engine.infer(image)
+        total = (time.perf_counter() - start) * 1000.0
+        assert res.level == target
+        switch_t.append(total - res.inference_ms)
+    call_t: list[float] = []
+    for _ in range(1000):
+        start = time.perf_counter_ns()
+        engine.switch(pick.choice(numbers))
+        call_t.append((time.perf_counter_ns() - start) / 1000.0)
+    result: dict[str, Any] = {
+        "tool": "dofa-bench",
+        "timestamp": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "device": device_name(dev),
+        "device_kind": dev.type,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "model": {**supernet.identity()},
+        "table": {
+            "path": None if ad_hoc else str(table_path),
+            "ad_hoc": ad_hoc,
+            "device": table.device,
+            "device_name": table.device_name,
+            "levels": len(table.levels),
+        },
+        "image": {"height": image_size[0], "width": image_size[1]},
+        "iterations": iterations,
+        "warmup": warmup,
+        "levels": per_level,
+        "switch_ms_p50": round(percentile(switch_t, 50), 4),
+        "switch_ms_p99": round(percentile(switch_t, 99), 4),
+        "switch_samples": len(switch_t),
+        "switch_call_us_p50": round(percentile(call_t, 50), 3),
+    }
+    result.update(_manager_overhead(table, manager_samples))
+    result["memory_mb"] = {
+        "per_level": {str(n): round(v, 3) for n, v in memory.items()},
+        "total": round(sum(memory.values()), 3),
+    }
+    if reference is None:
+        reference = dev.type == "cuda"
+    if reference:
+        result["reference_design"] = _reference_design(
+            supernet, table, dev, reference_switches, reference_extractions
+        )
+        result["reference_design"]["engine"] = {
+            "switch_ms_p50": result["switch_ms_p50"],
+            "switch_ms_p99": result["switch_ms_p99"],
+        }
+    limit = 1.1 if dev.type == "cpu" else 1.2
+    result["targets"] = {
+        "switch_ms_p99_le_1ms": result["switch_ms_p99"] <= 1.0,
+        "manager_overhead_le_20us": (result.get("manager_overhead_us_p50") or 1e9) <= 20.0,
+        f"infer_le_{limit}x_{'static' if dev.type == 'cpu' else 'floor'}": all(
+            row["infer_ms_p50"] <= limit * row["static_ms_p50" if dev.type == "cpu" else "floor_ms_p50"]
+            for row in per_level
+        ),
+    }
+    return result
+
+
+def _image_size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--image {text!r}: use HEIGHTxWIDTH, e.g. 480x640") from exc
+    if h <= 0 or w <= 0:
+        raise argparse.ArgumentTypeError(f"--image {text!r}: sizes must be positive")
+    return h, w
+
+
+def _tristate(text: str) -> bool | None:
+    value = text.lower()
+    if value in ("auto", "none"):
+        return None
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r}: use auto, on or off")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``dofa-bench`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="dofa-bench",
+        description="Benchmark the level engine: per-level latency vs a static sub-network, switch time, "
+        "manager overhead, memory. Prints one JSON object.",
+    )
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    parser.add_argument(
+        "--table", default=None, help="level table JSON (default: build a 3-level table in-process)"
+    )
+    parser.add_argument("--model", default="embedded", help="embedded | ofa_zoo | random[:seed] | PATH")
+    parser.add_argument("--allow-random", action="store_true", help="allow --model random (latency only)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (CPU); default: torch's")
+    parser.add_argument("--iterations", type=int, default=50, help="timed frames per level (default 50)")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed frames per level first (default 10)")
+    parser.add_argument("--switches", type=int, default=200, help="switches timed (default 200)")
+    parser.add_argument("--manager-samples", type=int, default=5000, help="observe() calls timed")
+    parser.add_argument("--image", type=_image_size, default=(480, 640), help="frame HEIGHTxWIDTH (480x640)")
+    parser.add_argument(
+        "--configs",
+        default="small,medium,large",
+        help="sample sub-networks for the in-process table: any of small,medium,large",
+    )
+    parser.add_argument(
+        "--reference",
+        type=_tristate,
+        default=None,
+        help="measure the reference design too: auto (CUDA only, default), on, off",
+    )
+    parser.add_argument("--reference-switches", type=int, default=50)
+    parser.add_argument("--reference-extractions", type=int, default=6)
+    parser.add_argument("--half", type=_tristate, default=None, help="CUDA fp16: auto (measure), on, off")
+    parser.add_argument(
+        "--channels-last", type=_tristate, default=None, help="CUDA channels_last: auto, on, off"
+    )
+    parser.add_argument("--out", default=None, help="also write the JSON here (atomically)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point; returns the exit status (0 ok, 2 on a DofaError, printed without a traceback)."""
+    args = build_parser().parse_args(argv)
+    for name in ("iterations", "switches", "manager_samples", "reference_switches", "reference_extractions"):
+        if getattr(args, name) < 1:
+            print(f"dofa-bench: --{name.replace('_', '-')} must be at least 1", file=sys.stderr)
+            return 2
+    if args.warmup < 0 or (args.threads is not None and args.threads < 1):
+        print("dofa-bench: --warmup must be >= 0 and --threads >= 1", file=sys.stderr)
+        return 2
+    try:
+        result = run_bench(
+            device=args.device,
+            table_path=args.table,
+            model=args.model,
+            allow_random=args.allow_random,
+            threads=args.threads,
+            iterations=args.iterations,
+            warmup=args.warmup,
+            switches=args.switches,
+            manager_samples=args.manager_samples,
+            image_size=args.image,
+            configs=[c.strip() for c in args.configs.split(",") if c.strip()],
+            reference=args.reference,
+            reference_switches=args.reference_switches,
+            reference_extractions=args.reference_extractions,
+            half=args.half,
+            channels_last=args.channels_last,
+        )
+    except DofaError as exc:
+        print(f"dofa-bench: {exc}", file=sys.stderr)
+        return 2
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        atomic_write_text(Path(args.out), text + "\n")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,457 @@
+"""LevelEngine: every level of a table materialised once; switching is a pointer swap.
+
+At start-up each level's sub-network is extracted from the super-network
+(``get_active_subnet``), its pre-calibrated BN statistics from the table are loaded,
+and it is prepared in the device's best execution mode:
+
+* **CPU** — the extracted module in eval mode, run eagerly under
+  ``torch.inference_mode``; ``threads`` sets ``torch.set_num_threads`` (process-wide;
+  default: the thread count the table was profiled with).
+* **CUDA** — per level a captured CUDA graph of *preprocessing + model + softmax*:
+  the uint8 image is copied into a pinned host buffer, uploaded into a static device
+  buffer, resized/normalised on the GPU into the level's static input (the same
+  :func:`~dynamic_ofa_ros.preprocess.to_input_tensor` operations), the network runs
+  and the probabilities land in a static output. Graphs are captured per input image
+  shape (for every level at once, so switching stays O(1)): at start-up for
+  ``warmup_shapes`` and lazily for a new camera resolution (up to ``max_shapes``;
+  further shapes run eager preprocessing + a model-only graph). fp16 and
+  channels_last are used per level only where measured faster at warm-up (``half`` /
+  ``channels_last`` = ``None``) and fp16 only when its probabilities stay within
+  0.01 of fp32; ``True``/``False`` force them.
+
+``switch(level)`` validates the number and swaps one reference; it never takes the
+inference lock, so it neither blocks nor is blocked by an in-flight inference. The
+next ``infer`` call uses the new level.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dynamic_ofa_ros.bn import extract_subnet, load_bn_state
+from dynamic_ofa_ros.errors import LevelTableError, ModelSourceError, UnknownLevelError
+from dynamic_ofa_ros.levels import Level, LevelTable, check_table_supernet
+from dynamic_ofa_ros.preprocess import DEFAULT_MAX_PIXELS, check_rgb, to_input_batch, to_input_tensor
+from dynamic_ofa_ros.supernet import Supernet
+
+__all__ = ["InferenceResult", "LevelEngine", "LevelRunner", "topk"]
+
+_FP16_PROB_TOLERANCE = 0.01
+
+
+@dataclass(frozen=True)
+class InferenceResult:
+    """One classified frame: the level that ran, class probabilities, preprocessing+model time."""
+
+    level: int
+    probs: np.ndarray
+    inference_ms: float
+
+    def topk(self, k: int = 5) -> list[tuple[int, float]]:
+        """``[(class index, probability), ...]`` of the ``k`` most probable classes."""
+        return topk(self.probs, k)
+
+
+def topk(probs: np.ndarray, k: int = 5) -> list[tuple[int, float]]:
+    """The ``k`` largest entries of ``probs`` as ``(index, value)``, highest first."""
+    k = max(1, min(int(k), int(probs.shape[-1])))
+    idx = np.argpartition(-probs, k - 1)[:k]
+    idx = idx[np.argsort(-probs[idx], kind="stable")]
+    return [(int(i), float(probs[i])) for i in idx]
+
+
+def _module_bytes(module: nn.Module) -> int:
+    total = sum(p.numel() * p.element_size() for p in module.parameters())
+    total += sum(b.numel() * b.element_size() for b in module.buffers())
+    return int(total)
+
+
+@dataclass
+class LevelRunner:
+    """One materialised level: its module and how it runs (``mode``, ``half``, ``channels_last``)."""
+
+    level: Level
+    module: nn.Module
+    device: torch.device
+    mode: str  # "eager" or "cuda_graph"
+    half: bool = False
+    channels_last: bool = False
+    memory_bytes: int = 0
+    static_input: torch.Tensor | None = None
+    static_output: torch.Tensor | None = None
+    model_graph: Any = None  # torch.cuda.CUDAGraph: static_input -> static_output
+    graphs: dict[tuple[int, int], Any] = field(default_factory=dict)  # image shape -> full graph
+    pool: Any = None
+
+    @property
+    def resolution(self) -> int:
+        """The level's input size."""
+        return self.level.config.resolution
+
+    def body(self, x: torch.Tensor) -> torch.Tensor:
+        """Model + softmax for a preprocessed float32 batch, in this runner's dtype/layout; float32 probs."""
+        if self.half:
+            x = x.half()
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        logits = self.module(x)
+        return torch.softmax(logits.float(), dim=1)
+
+
+class LevelEngine:
+    """All levels of ``table`` ready to run on ``device``; see the module docstring.
+
+    Raises :class:`LevelTableError` when the table has no BN statistics, was built for
+    another super-network, or (with ``check_device``) for another device kind;
+    :class:`ModelSourceError` when CUDA is requested but unavailable.
+    """
+
+    def __init__(
+        self,
+        supernet: Supernet,
+        table: LevelTable,
+        *,
+        device: str | torch.device = "cpu",
+        threads: int | None = None,
+        cuda_graphs: bool = True,
+        half: bool | None = None,
+        channels_last: bool | None = None,
+        warmup: int = 2,
+        warmup_shapes: Sequence[tuple[int, int]] = (),
+        max_shapes: int = 4,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        check_device: bool = True,
+        initial_level: int | None = None,
+    ) -> None:
+        self.device = torch.device(device)
+        if self.device.type == "cuda":
+            if not torch.cuda.is_available():
+                raise ModelSourceError(
+                    f"device {device!r} requested but CUDA is not available; use device='cpu'"
+                )
+            index: Any = self.device.index  # None for plain "cuda"
+            self.device = torch.device("cuda", torch.cuda.current_device() if index is None else int(index))
+        elif self.device.type != "cpu":
+            raise ModelSourceError(f"device {device!r} is not supported; use 'cpu' or 'cuda'")
+        if self.device.type == "cpu" and half:
+            raise ModelSourceError("half=True needs CUDA: fp16 inference on the CPU is slower, not faster")
+        if table.bn is None:
+            raise LevelTableError(
+                f"{table.path or 'level table'}: has no BN statistics (a search family); "
+                "calibrate it with dofa-levels calibrate first"
+            )
+        check_table_supernet(table, supernet)
+        if check_device and table.device.split(":")[0] != self.device.type:
+            raise LevelTableError(
+                f"{table.path or 'level table'}: profiled on {table.device!r} ({table.device_name}), engine "
+                f"runs on {self.device.type!r}: load config/levels/{self.device.type}.json or build one there"
+            )
+        self.table = table
+        self.supernet_sha256 = supernet.sha256
+        self.meaningful_accuracy = supernet.meaningful_accuracy and table.meaningful_accuracy
+        self.max_pixels = int(max_pixels)
+        self.max_shapes = int(max_shapes)
+        self.cuda_graphs = bool(cuda_graphs) and self.device.type == "cuda"
+        self._want_half = half
+        self._want_channels_last = channels_last
+        self._lock = threading.Lock()
+        self._images: OrderedDict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._stream: Any = None
+        self._host_out: torch.Tensor | None = None
+        self.threads: int | None = None
+        if self.device.type == "cpu":
+            wanted = threads if threads is not None else table.profiling.get("threads")
+            if isinstance(wanted, int) and not isinstance(wanted, bool) and wanted > 0:
+                torch.set_num_threads(wanted)
+            self.threads = torch.get_num_threads()
+        else:
+            self._stream = _new_stream(self.device)
+            if threads is not None:
+                torch.set_num_threads(int(threads))
+        self._runners: dict[int, LevelRunner] = {}
+        from tqdm import tqdm  # type: ignore[import-untyped]
+
+        for lv in tqdm(table.levels, desc="materialising levels", unit="level", leave=False):
+            self._runners[lv.level] = self._materialise(supernet, lv, warmup)
+        for shape in warmup_shapes:
+            with self._lock:
+                self._ensure_shape((int(shape[0]), int(shape[1])))
+        first = initial_level if initial_level is not None else table.levels[0].level
+        self._current: LevelRunner = self._runner(first)
+
+    # ------------------------------------------------------------------------------------ set-up
+
+    def _materialise(self, supernet: Supernet, lv: Level, warmup: int) -> LevelRunner:
+        assert self.table.bn is not None
+        where = f"{self.table.path or 'level table'}: level {lv.level}"
+        module = extract_subnet(supernet.net, lv.config)
+        load_bn_state(module, self.table.bn[lv.level], where=where)
+        module = module.to(self.device).eval()
+        for p in module.parameters():
+            p.requires_grad_(False)
+        if self.device.type == "cpu":
+            runner = LevelRunner(
+                level=lv,
+                module=module,
+                device=self.device,
+                mode="eager",
+                channels_last=bool(self._want_channels_last),
+            )
+            if runner.channels_last:
+                runner.module = module.to(memory_format=torch.channels_last)
+            runner.memory_bytes = _module_bytes(runner.module)
+            x = torch.zeros(1, 3, runner.resolution, runner.resolution)
+            with torch.inference_mode():
+                for _ in range(max(0, warmup)):
+                    runner.body(x)
+            return runner
+        return self._materialise_cuda(lv, module, warmup)
+
+    def _materialise_cuda(self, lv: Level, module: nn.Module, warmup: int) -> LevelRunner:
+        r = lv.config.resolution
+        probe = torch.randn(
+            1, 3, r, r, device=self.device, generator=torch.Generator(self.device).manual_seed(0)
+        )
+        if not self.cuda_graphs:
+            runner = LevelRunner(level=lv, module=module, device=self.device, mode="eager")
+            self._choose_variant_eager(runner, probe)
+            runner.memory_bytes = _module_bytes(runner.module)
+            return runner
+        halves = [False, True] if self._want_half is None else [bool(self._want_half)]
+        layouts = [False, True] if self._want_channels_last is None else [bool(self._want_channels_last)]
+        reference: torch.Tensor | None = None
+        best: LevelRunner | None = None
+        best_ms = float("inf")
+        for half in halves:
+            for cl in layouts:
+                variant = copy.deepcopy(module)
+                if half:
+                    variant = variant.half()
+                if cl:
+                    variant = variant.to(memory_format=torch.channels_last)
+                cand = LevelRunner(level=lv, module=variant, device=self.device, mode="cuda_graph", half=half)
+                cand.channels_last = cl
+                self._capture_model(cand, warmup)
+                assert cand.static_input is not None and cand.static_output is not None
+                cand.static_input.copy_(probe)
+                cand.model_graph.replay()
+                torch.cuda.synchronize(self.device)
+                probs = cand.static_output.clone()
+                if reference is None and not half:
+                    reference = probs
+                if half and reference is not None:
+                    if float((probs - reference).abs().max()) > _FP16_PROB_TOLERANCE:
+                        continue  # fp16 changes the answer too much for this level
+                ms = _time_replay(cand.model_graph, self.device)
+                if len(halves) * len(layouts) == 1 or ms < best_ms:
+                    best, best_ms = cand, ms
+        assert best is not None
+        best.memory_bytes = _module_bytes(best.module) + best.memory_bytes
+        torch.cuda.empty_cache()
+        return best
+
+    def _choose_variant_eager(self, runner: LevelRunner, probe: torch.Tensor) -> None:
+        runner.half = bool(self._want_half)
+        runner.channels_last = bool(self._want_channels_last)
+        if runner.half:
+            runner.module = runner.module.half()
+        if runner.channels_last:
+            runner.module = runner.module.to(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            runner.body(probe)
+
+    def _capture(self, runner: LevelRunner, fn: Any, warmup: int) -> Any:
+        """Warm ``fn`` up on a side stream, then capture it into a CUDA graph in the runner's pool."""
+        side = _new_stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.no_grad(), torch.cuda.stream(side):
+            for _ in range(max(1, warmup)):
+                fn()
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        torch.cuda.synchronize(self.device)
+        if runner.pool is None:
+            runner.pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        before = torch.cuda.memory_reserved(self.device)
+        with torch.no_grad(), torch.cuda.graph(graph, pool=runner.pool, capture_error_mode="thread_local"):
+            fn()
+        torch.cuda.synchronize(self.device)
+        # the graph's private pool keeps its segments reserved: count their growth for this level
+        runner.memory_bytes += max(0, torch.cuda.memory_reserved(self.device) - before)
+        return graph
+
+    def _capture_model(self, runner: LevelRunner, warmup: int) -> None:
+        r = runner.resolution
+        runner.static_input = torch.zeros(1, 3, r, r, device=self.device)
+        runner.static_output = torch.zeros(1, self._n_classes(runner), device=self.device)
+        static_in, static_out = runner.static_input, runner.static_output
+
+        def model_only() -> None:
+            static_out.copy_(runner.body(static_in))
+
+        runner.model_graph = self._capture(runner, model_only, warmup)
+
+    def _n_classes(self, runner: LevelRunner) -> int:
+        with torch.no_grad():
+            x = torch.zeros(1, 3, runner.resolution, runner.resolution, device=self.device)
+            return int(runner.body(x).shape[1])
+
+    def _ensure_shape(self, shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Pinned host + device uint8 buffers for ``shape``, with a full graph per level (lock held)."""
+        if shape in self._images:
+            self._images.move_to_end(shape)
+            return self._images[shape]
+        if not self.cuda_graphs or len(self._images) >= self.max_shapes:
+            return None
+        h, w = shape
+        host = torch.empty((h, w, 3), dtype=torch.uint8, pin_memory=True)
+        dev = torch.zeros((h, w, 3), dtype=torch.uint8, device=self.device)
+        for runner in self._runners.values():
+            runner.graphs[shape] = self._capture(runner, self._full_pipeline(runner, dev), 2)
+        self._images[shape] = (host, dev)
+        return host, dev
+
+    def _full_pipeline(self, runner: LevelRunner, image: torch.Tensor) -> Any:
+        """The captured function: device uint8 ``image`` -> preprocessing -> model -> static output."""
+        static_in, static_out = runner.static_input, runner.static_output
+        assert static_in is not None and static_out is not None
+        device = self.device
+
+        def full() -> None:
+            to_input_tensor(image, resolution=runner.resolution, device=device, out=static_in)
+            static_out.copy_(runner.body(static_in))
+
+        return full
+
+    # ------------------------------------------------------------------------------------ public
+
+    @property
+    def levels(self) -> list[Level]:
+        """The table's levels, level 1 (fastest) first."""
+        return list(self.table.levels)
+
+    @property
+    def current_level(self) -> int:
+        """The level the next :meth:`infer` runs."""
+        return self._current.level.level
+
+    @property
+    def memory_mb(self) -> dict[int, float]:
+        """Per level: parameters + buffers, plus CUDA-graph pool memory on CUDA, in MiB."""
+        return {n: r.memory_bytes / 2**20 for n, r in self._runners.items()}
+
+    @property
+    def execution(self) -> dict[int, dict[str, Any]]:
+        """Per level: ``{"mode", "half", "channels_last", "resolution"}`` as chosen at start-up."""
+        return {
+            n: {"mode": r.mode, "half": r.half, "channels_last": r.channels_last, "resolution": r.resolution}
+            for n, r in self._runners.items()
+        }
+
+    def runner(self, level: int) -> LevelRunner:
+        """The materialised level ``level`` (for benchmarks and evaluation)."""
+        return self._runner(level)
+
+    def _runner(self, level: int) -> LevelRunner:
+        if isinstance(level, bool) or not isinstance(level, (int, np.integer)):
+            raise UnknownLevelError(f"level {level!r} is not an integer; pick one of {sorted(self._runners)}")
+        runner = self._runners.get(int(level))
+        if runner is None:
+            raise UnknownLevelError(
+                f"level {level} is not in the table (levels {min(self._runners)}..{max(self._runners)}); "
+                "pick one of those"
+            )
+        return runner
+
+    def switch(self, level: int) -> None:
+        """Use ``level`` from the next frame on: validation + one reference swap (O(1), thread-safe)."""
+        self._current = self._runner(level)
+
+    def infer(self, rgb: np.ndarray | torch.Tensor) -> InferenceResult:
+        """Classify one (H, W, 3) uint8 RGB image with the current level (preprocessing included)."""
+        check_rgb(rgb, max_pixels=self.max_pixels)
+        runner = self._current
+        if self.device.type == "cpu":
+            start = time.perf_counter()
+            with torch.inference_mode():
+                x = to_input_tensor(rgb, resolution=runner.resolution)
+                probs = runner.body(x)[0].numpy()
+            return InferenceResult(runner.level.level, probs, (time.perf_counter() - start) * 1000.0)
+        with self._lock:
+            return self._infer_cuda(runner, rgb)
+
+    def _infer_cuda(self, runner: LevelRunner, rgb: np.ndarray | torch.Tensor) -> InferenceResult:
+        shape = (int(rgb.shape[0]), int(rgb.shape[1]))
+        if shape not in self._images:
+            self._ensure_shape(shape)  # one-off capture for a new camera resolution (not timed)
+        start = time.perf_counter()
+        buffers = self._images.get(shape)
+        with torch.no_grad(), torch.cuda.stream(self._stream):
+            if buffers is not None and shape in runner.graphs:
+                host, dev = buffers
+                if isinstance(rgb, torch.Tensor):
+                    dev.copy_(rgb, non_blocking=True)
+                else:
+                    np.copyto(host.numpy(), rgb, casting="no")
+                    dev.copy_(host, non_blocking=True)
+                runner.graphs[shape].replay()
+            elif runner.model_graph is not None:
+                assert runner.static_input is not None
+                to_input_tensor(
+                    rgb, resolution=runner.resolution, device=self.device, out=runner.static_input
+                )
+                runner.model_graph.replay()
+            else:
+                probs_dev = runner.body(
+                    to_input_tensor(rgb, resolution=runner.resolution, device=self.device)
+                )
+                probs = probs_dev[0].float().cpu().numpy()
+                return InferenceResult(runner.level.level, probs, (time.perf_counter() - start) * 1000.0)
+            assert runner.static_output is not None
+            if self._host_out is None or self._host_out.shape != runner.static_output.shape:
+                self._host_out = torch.empty(runner.static_output.shape, dtype=torch.float32, pin_memory=True)
+            self._host_out.copy_(runner.static_output, non_blocking=True)
+            self._stream.synchronize()
+            probs = self._host_out[0].numpy().copy()
+        return InferenceResult(runner.level.level, probs, (time.perf_counter() - start) * 1000.0)
+
+    def infer_batch(
+        self, images: Sequence[np.ndarray] | np.ndarray, *, level: int | None = None
+    ) -> np.ndarray:
+        """Class probabilities (N, classes) of RGB uint8 images, eager (evaluation); same preprocessing."""
+        runner = self._current if level is None else self._runner(level)
+        with torch.inference_mode():
+            x = to_input_batch(images, resolution=runner.resolution, device=self.device)
+            probs = runner.body(x)
+            return probs.float().cpu().numpy()
+
+    def topk(self, probs: np.ndarray, k: int = 5) -> list[tuple[int, float]]:
+        """``[(class index, probability), ...]`` of the ``k`` most probable classes."""
+        return topk(probs, k)
+
+
+def _new_stream(device: torch.device) -> Any:
+    factory: Any = torch.cuda.Stream
+    return factory(device)
+
+
+def _time_replay(graph: Any, device: torch.device, iterations: int = 20) -> float:
+    """Median milliseconds of ``graph.replay()`` + synchronise."""
+    times = []
+    for _ in range(iterations):
+        start = time.perf_counter()
+        graph.replay()
+        torch.cuda.synchronize(device)
+        times.append((time.perf_counter() - start) * 1000.0)
+    times.sort()
+    return times[len(times) // 2]

@@ -1,0 +1,108 @@
+"""``dofa-bench``: the JSON field set on a small real table (few iterations; timings not checked)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from dynamic_ofa_ros import embedded
+from dynamic_ofa_ros.bench import SAMPLE_CONFIGS, main
+from dynamic_ofa_ros.levels import build_level_table, save_level_table
+from dynamic_ofa_ros.supernet import load_supernet
+
+torch.set_num_threads(1)
+
+LEVEL_FIELDS = {
+    "level",
+    "resolution",
+    "architecture",
+    "table_latency_ms",
+    "infer_ms_p50",
+    "infer_ms_p95",
+    "static_ms_p50",
+    "static_ms_p95",
+    "preprocess_ms_p50",
+    "infer_over_static",
+    "memory_mb",
+    "execution",
+}
+TOP_FIELDS = {
+    "tool",
+    "timestamp",
+    "device",
+    "device_kind",
+    "torch",
+    "python",
+    "threads",
+    "model",
+    "table",
+    "image",
+    "iterations",
+    "warmup",
+    "levels",
+    "switch_ms_p50",
+    "switch_ms_p99",
+    "switch_samples",
+    "switch_call_us_p50",
+    "manager_overhead_us_p50",
+    "manager_overhead_us_p99",
+    "manager_note",
+    "memory_mb",
+    "targets",
+}
+
+
+@pytest.fixture(scope="module")
+def table_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    rand = load_supernet("random", allow_random=True)
+    configs = [SAMPLE_CONFIGS["small"], SAMPLE_CONFIGS["medium"]]
+    table = build_level_table(rand, configs, warmup=1, iterations=3, threads=1)
+    return save_level_table(table, tmp_path_factory.mktemp("levels") / "cpu.json", supernet=rand)
+
+
+def test_bench_json_fields(table_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "bench.json"
+    argv = [
+        "--device", "cpu", "--table", str(table_path), "--model", "random", "--allow-random",
+        "--threads", "1", "--iterations", "2", "--warmup", "0", "--switches", "5",
+        "--manager-samples", "50", "--image", "96x128", "--reference", "on",
+        "--reference-switches", "2", "--reference-extractions", "1", "--out", str(out),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert json.loads(out.read_text()) == printed
+    assert TOP_FIELDS <= set(printed)
+    assert printed["device_kind"] == "cpu" and printed["threads"] == 1
+    assert printed["model"]["meaningful_accuracy"] is False
+    assert printed["table"]["levels"] == 2 and printed["table"]["ad_hoc"] is False
+    assert [row["level"] for row in printed["levels"]] == [1, 2]
+    for row in printed["levels"]:
+        assert LEVEL_FIELDS <= set(row)
+        assert row["infer_ms_p50"] > 0 and row["static_ms_p50"] > 0
+        assert "floor_ms_p50" not in row  # CUDA only
+    assert set(printed["memory_mb"]["per_level"]) == {"1", "2"}
+    assert printed["memory_mb"]["total"] > 0
+    assert printed["switch_samples"] == 5
+    assert "placeholder" in printed["manager_note"]
+    ref = printed["reference_design"]
+    assert {"set_active_subnet_bn", "get_active_subnet", "engine"} <= set(ref)
+    assert "switch_ms_p99" in ref["get_active_subnet"]
+    assert not any("accuracy" in key for row in printed["levels"] for key in row), (
+        "bench never reports accuracy"
+    )
+
+
+def test_bench_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    if not (embedded.EMBEDDED_DIR / embedded.MANIFEST_NAME).exists():
+        assert main(["--iterations", "1"]) == 2
+        assert "embedded model is not in this installation yet" in capsys.readouterr().err
+    assert main(["--model", "random", "--iterations", "1"]) == 2
+    assert "allow_random" in capsys.readouterr().err
+    assert main(["--table", str(tmp_path / "none.json"), "--model", "random", "--allow-random"]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert main(["--iterations", "0"]) == 2
+    with pytest.raises(SystemExit):
+        main(["--image", "big"])
