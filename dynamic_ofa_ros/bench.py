@@ -126,8 +126,7 @@ def _floor_graph(
     with torch.no_grad(), torch.cuda.graph(graph, capture_error_mode="thread_local"):
         mod(x)
     torch.cuda.synchronize(device)
-    graph.__dict__["_keep"] = (mod, x)  # keep the static tensors alive with the graph
-    return graph
+    return graph, (mod, x)  # the caller keeps the module and static input alive with the graph
 
 
 def _manager_overhead(table: LevelTable, samples: int) -> dict[str, Any]:
@@ -302,11 +301,11 @@ def run_bench(
         }
         row["infer_over_static"] = round(row["infer_ms_p50"] / row["static_ms_p50"], 4)
         if dev.type == "cuda":
-            graph = _floor_graph(static, runner.half, runner.channels_last, lv.resolution, dev)
+            graph, keep = _floor_graph(static, runner.half, runner.channels_last, lv.resolution, dev)
             floor_t = [_ms(graph.replay, dev) for _ in range(warmup + iterations)][warmup:]
             row["floor_ms_p50"] = round(percentile(floor_t, 50), 4)
             row["infer_over_floor"] = round(row["infer_ms_p50"] / row["floor_ms_p50"], 4)
-            del graph
+            del graph, keep
         per_level.append(row)
     # switching: request -> first output of the new level, minus that frame's inference time
     numbers = table.numbers

@@ -181,11 +181,16 @@ class LevelEngine:
         self._runners: dict[int, LevelRunner] = {}
         from tqdm import tqdm  # type: ignore[import-untyped]
 
-        for lv in tqdm(table.levels, desc="materialising levels", unit="level", leave=False):
-            self._runners[lv.level] = self._materialise(supernet, lv, warmup)
-        for shape in warmup_shapes:
-            with self._lock:
-                self._ensure_shape((int(shape[0]), int(shape[1])))
+        # static buffers must be normal tensors even if the caller is inside torch.inference_mode
+        with torch.inference_mode(False):
+            for lv in tqdm(table.levels, desc="materialising levels", unit="level", leave=False):
+                self._runners[lv.level] = self._materialise(supernet, lv, warmup)
+            outputs = [r.static_output for r in self._runners.values() if r.static_output is not None]
+            if outputs:  # one pinned host buffer for the probabilities (every level has the same head)
+                self._host_out = torch.empty(tuple(outputs[0].shape), dtype=torch.float32, pin_memory=True)
+            for shape in warmup_shapes:
+                with self._lock:
+                    self._ensure_shape((int(shape[0]), int(shape[1])))
         first = initial_level if initial_level is not None else table.levels[0].level
         self._current: LevelRunner = self._runner(first)
 
@@ -393,7 +398,8 @@ class LevelEngine:
     def _infer_cuda(self, runner: LevelRunner, rgb: np.ndarray | torch.Tensor) -> InferenceResult:
         shape = (int(rgb.shape[0]), int(rgb.shape[1]))
         if shape not in self._images:
-            self._ensure_shape(shape)  # one-off capture for a new camera resolution (not timed)
+            with torch.inference_mode(False):
+                self._ensure_shape(shape)  # one-off capture for a new camera resolution (not timed)
         start = time.perf_counter()
         buffers = self._images.get(shape)
         with torch.no_grad(), torch.cuda.stream(self._stream):
@@ -418,11 +424,11 @@ class LevelEngine:
                 probs = probs_dev[0].float().cpu().numpy()
                 return InferenceResult(runner.level.level, probs, (time.perf_counter() - start) * 1000.0)
             assert runner.static_output is not None
-            if self._host_out is None or self._host_out.shape != runner.static_output.shape:
-                self._host_out = torch.empty(runner.static_output.shape, dtype=torch.float32, pin_memory=True)
-            self._host_out.copy_(runner.static_output, non_blocking=True)
+            host_out = self._host_out
+            assert host_out is not None and host_out.shape == runner.static_output.shape
+            host_out.copy_(runner.static_output, non_blocking=True)
             self._stream.synchronize()
-            probs = self._host_out[0].numpy().copy()
+            probs = host_out[0].numpy().copy()
         return InferenceResult(runner.level.level, probs, (time.perf_counter() - start) * 1000.0)
 
     def infer_batch(
