@@ -9,7 +9,8 @@
   ``ament_python_install_package`` for our own name (rosidl_python #141).
 * Every third-party module imported by the package's runtime code (``dynamic_ofa_ros``,
   ``offline_tools``, ``launch``) is declared: a rosdep key in package.xml and/or a pip
-  requirement in requirements.txt (pip-only packages, such as ``ofa``, in requirements.txt).
+  requirement in requirements.txt; pip-only packages (no rosdep key, such as ``ofa``) also in
+  requirements-system-ros.txt, for users of a system ROS 2.
 
 Prints the problems and exits 1 if there are any. Uses only the standard library (+ optional
 catkin_pkg), so it runs without a build.
@@ -29,6 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE_NAME = "dynamic_ofa_ros"
 FIRST_PARTY = {"dynamic_ofa_ros", "offline_tools"}
 RUNTIME_CODE_DIRS = ("dynamic_ofa_ros", "offline_tools", "launch")
+# pip requirements for users of a system ROS 2 (apt): what has no rosdep key.
+SYSTEM_ROS_REQUIREMENTS = "requirements-system-ros.txt"
 
 REQUIRED_BUILDTOOL = {"ament_cmake", "ament_cmake_python", "rosidl_default_generators"}
 REQUIRED_RUNTIME = {
@@ -305,6 +308,8 @@ def normalize(name: str) -> str:
 def check_imports(info: PackageInfo | None, root: Path = ROOT) -> list[str]:
     problems: list[str] = []
     reqs = requirement_names(root / "requirements.txt")
+    system_ros_file = root / SYSTEM_ROS_REQUIREMENTS
+    system_ros_reqs = requirement_names(system_ros_file) if system_ros_file.is_file() else set()
     declared = info.all_deps() if info else set()
     for module, files in sorted(third_party_imports(root).items()):
         where = ", ".join(sorted(files)[:3])
@@ -321,6 +326,10 @@ def check_imports(info: PackageInfo | None, root: Path = ROOT) -> list[str]:
             )
         if pip and normalize(pip) not in reqs:
             problems.append(f"import {module} ({where}): add {pip} to requirements.txt")
+        if rosdep is None and pip and normalize(pip) not in system_ros_reqs:
+            problems.append(
+                f"import {module} ({where}): add {pip} to {SYSTEM_ROS_REQUIREMENTS} (no rosdep key)"
+            )
     return problems
 
 

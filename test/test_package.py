@@ -103,7 +103,9 @@ def test_checker_reports_broken_package(checker: ModuleType, tmp_path: Path) -> 
     )
     (tmp_path / "requirements.txt").write_text("numpy\n")
     (tmp_path / "dynamic_ofa_ros").mkdir()
-    (tmp_path / "dynamic_ofa_ros" / "m.py").write_text("import torch\nimport numpy\nimport frobnicate.x\n")
+    (tmp_path / "dynamic_ofa_ros" / "m.py").write_text(
+        "import torch\nimport numpy\nimport frobnicate.x\nfrom ofa.utils import x\n"
+    )
 
     problems: list[str] = []
     info = checker.parse_package_xml(tmp_path / "package.xml", problems)
@@ -131,6 +133,8 @@ def test_checker_reports_broken_package(checker: ModuleType, tmp_path: Path) -> 
         "import torch (dynamic_ofa_ros/m.py): add <exec_depend>python3-torch",
         "import torch (dynamic_ofa_ros/m.py): add torch to requirements.txt",
         "import frobnicate",
+        "import ofa (dynamic_ofa_ros/m.py): add ofa to requirements.txt",
+        "import ofa (dynamic_ofa_ros/m.py): add ofa to requirements-system-ros.txt",
     ):
         assert expected in text, f"{expected!r} not reported; got:\n{text}"
     assert "add numpy to requirements.txt" not in text
