@@ -430,6 +430,11 @@ def check_table_supernet(table: LevelTable, supernet: Supernet) -> None:
     _check_supernet({"supernet": table.supernet}, supernet, str(table.path or "level table"))
 
 
+def _kind(device: str) -> str:
+    """``"cuda:1"`` -> ``"cuda"``: tables are per device kind."""
+    return str(device).split(":", 1)[0].strip().lower()
+
+
 def _validate(
     data: Any,
     *,
@@ -438,12 +443,12 @@ def _validate(
     expected_device: str | None,
 ) -> tuple[dict[str, Any], list[Level]]:
     header = _parse_header(data, file)
-    if expected_device is not None and header["device"] != expected_device:
+    if expected_device is not None and _kind(header["device"]) != _kind(expected_device):
         raise _fail(
             f"{file}: device",
             f"this table was profiled on {header['device']!r} ({header['device_name']}), but it is used on "
-            f"{expected_device!r}; load config/levels/{expected_device}.json or build one there "
-            f"(dofa-levels build --device {expected_device})",
+            f"{expected_device!r}; load config/levels/{_kind(expected_device)}.json or build one there "
+            f"(dofa-levels build --device {_kind(expected_device)})",
         )
     if supernet is not None:
         _check_supernet(header, supernet, file)

@@ -265,9 +265,10 @@ def test_other_supernet_is_rejected(saved: Path) -> None:
 
 def test_device_mismatch(saved: Path) -> None:
     with pytest.raises(
-        LevelTableError, match=r"profiled on 'cpu' .* used on 'cuda'; load config/levels/cuda\.json"
+        LevelTableError, match=r"profiled on 'cpu' .* used on 'cuda:1'; load config/levels/cuda\.json"
     ):
-        load_level_table(saved, expected_device="cuda")
+        load_level_table(saved, expected_device="cuda:1")
+    assert load_level_table(saved, expected_device="CPU").device == "cpu"
 
 
 def test_resolution_outside_trained_range(saved: Path, rand: Supernet) -> None:
