@@ -54,6 +54,8 @@ $(BUILD_STAMP): $(VENV_STAMP) $(BUILD_INPUTS)
 	colcon --log-level error build --symlink-install --paths . \
 		--cmake-args -DPython3_EXECUTABLE="$(VENV_ABS)/bin/python" -DBUILD_TESTING=OFF \
 		-DCMAKE_BUILD_TYPE=Release
+	@# symlinks to files deleted from the source tree (colcon never removes them)
+	find install -xtype l -delete
 	touch "$@"
 
 # ---------------------------------------------------------------------------------------------
