@@ -27,7 +27,7 @@ ROS_DOMAIN_ID ?= $(shell echo $$(( RANDOM % 100 + 1 )))
 # A rebuild is needed when the interfaces or CMake/package files change, or when files are
 # added to / removed from an installed directory (--symlink-install links files one by one;
 # edits to existing files are live without rebuilding). Directory mtimes track the latter.
-BUILD_INPUTS := package.xml CMakeLists.txt scripts/entry_point.in \
+BUILD_INPUTS := Makefile package.xml CMakeLists.txt scripts/entry_point.in \
 	$(wildcard msg/*.msg srv/*.srv) \
 	$(shell find dynamic_ofa_ros offline_tools launch config -type d -not -name __pycache__ 2>/dev/null)
 
