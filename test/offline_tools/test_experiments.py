@@ -1,0 +1,299 @@
+"""Tests of ``offline_tools.experiments`` (Figs. 6/7/8) on the CPU with a tiny configuration.
+
+The end-to-end test runs every experiment (frame loop, co-located training process, two
+coordinated classifier processes, analysis, JSON, PNG) with a random-weight super-network,
+a 3-level table built here with the core's tools and phases of a fraction of a second; it
+checks the result files' fields, not timings. The metric and budget rules are tested on
+scripted traces. The GPU run itself (CUDA graphs, a real GPU load) is in ``test_cuda_quick``,
+skipped without a GPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from offline_tools import experiments as ex
+
+HEADLINE = (
+    "device",
+    "deadline_hit_after_reaction",
+    "reaction_frames",
+    "reaction_ms",
+    "window_size",
+    "mean_accuracy",
+)
+
+# Three sub-networks of increasing size (skipped blocks' ks/e do not matter).
+_ARCHS = (
+    (128, 3, 3, 2),
+    (128, 3, 4, 3),
+    (128, 5, 6, 3),
+)
+
+
+def _build_table(tmp: Path) -> Path:
+    """A 3-level CPU table for the random super-network, BN statistics from the extracted sub-networks."""
+    from dynamic_ofa_ros.arch import N_BLOCKS, N_STAGES, SubnetConfig
+    from dynamic_ofa_ros.bn import bn_state, extract_subnet
+    from dynamic_ofa_ros.levels import Level, LevelTable, save_level_table
+    from dynamic_ofa_ros.supernet import load_supernet
+
+    supernet = load_supernet("random", allow_random=True)
+    levels = []
+    bn = {}
+    for i, (res, ks, e, d) in enumerate(_ARCHS, start=1):
+        cfg = SubnetConfig(resolution=res, ks=(ks,) * N_BLOCKS, e=(e,) * N_BLOCKS, d=(d,) * N_STAGES)
+        levels.append(
+            Level(
+                level=i,
+                config=cfg,
+                latency_ms=10.0 * i,
+                latency_p95_ms=11.0 * i,
+                accuracy=None,
+                predicted_accuracy=60.0 + 5.0 * i,
+                accuracy_dataset=None,
+                macs_m=None,
+            )
+        )
+        bn[i] = bn_state(extract_subnet(supernet.net, cfg))
+    table = LevelTable(
+        device="cpu",
+        device_name="test CPU",
+        profiling={"mode": "eager", "threads": 1, "note": "made up for the test"},
+        supernet=supernet.identity(),
+        calibration={"dataset": "none (random weights)", "images": 0},
+        levels=levels,
+        bn=bn,
+    )
+    return save_level_table(table, tmp / "tiny.json", supernet=supernet)
+
+
+def _tiny_settings() -> ex.Settings:
+    return ex.Settings(
+        device="cpu",
+        fps=0.0,
+        fig8_fps=0.0,
+        fig6_phases_s=(0.5, 0.5, 0.5),
+        fig7_phases_s=(0.5, 1.0, 0.7),
+        fig8_phases_s=(0.3, 0.8, 0.4),
+        calib_frames=5,
+        warmup_frames=2,
+        load_batch=4,
+        load_resolution=64,
+        load_threads=1,
+        threads=1,
+        n_images=4,
+        window_size=4,
+        worker_start_timeout_s=120.0,
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any], int]:
+    """Run all three experiments once on the CPU (the expensive part, shared by the checks)."""
+    import torch
+    from PIL import Image
+
+    torch.set_num_threads(1)
+    tmp = tmp_path_factory.mktemp("experiments")
+    table = _build_table(tmp)
+    img_dir = tmp / "images"
+    img_dir.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)).save(img_dir / f"{i}.png")
+    out = tmp / "out"
+    args = {
+        "model": "random",
+        "allow_random": True,
+        "table": str(table),
+        "images": str(img_dir),
+        "out": str(out),
+        "tag": None,
+    }
+    results, failures = ex.run_experiments(args, _tiny_settings(), list(ex.EXPERIMENTS))
+    return out, results, failures
+
+
+def _check_metrics(entry: dict[str, Any], where: str) -> None:
+    for key in HEADLINE[1:]:
+        assert key in entry, f"{where}: {key} missing"
+    hit = entry["deadline_hit_after_reaction"]
+    assert hit is None or 0.0 <= hit <= 1.0, where
+    assert entry["reaction_frames"] is None or entry["reaction_frames"] >= 0, where
+    assert entry["window_size"] == 4, where
+    assert 60.0 <= entry["mean_accuracy"] <= 75.0, where
+
+
+@pytest.mark.slow
+def test_all_experiments_write_json_and_png(tiny_run: tuple[Path, dict[str, Any], int]) -> None:
+    out, results, failures = tiny_run
+    assert failures == 0
+    for name in ex.EXPERIMENTS:
+        path = out / f"{name}-cpu.json"
+        assert path.is_file(), f"{path} missing"
+        data = json.loads(path.read_text())
+        for key in HEADLINE:
+            assert key in data, f"{name}: top-level {key} missing"
+        assert isinstance(data["device"], str) and data["device"]
+        _check_metrics(data, name)
+        assert set(data["baselines"]) >= {"static_alone", "static_safe"}
+        for base, entry in data["baselines"].items():
+            _check_metrics(entry, f"{name}.{base}")
+        assert data["accuracy_meaningful"] is False  # random weights
+        assert (out / data["png"]).is_file() and (out / data["png"]).stat().st_size > 1000
+        assert data["settings"]["window_size"] == 4
+
+
+@pytest.mark.slow
+def test_fig6_levels_follow_the_budget(tiny_run: tuple[Path, dict[str, Any], int]) -> None:
+    _, results, _ = tiny_run
+    fig6 = results["fig6"]
+    budgets = fig6["budgets"]
+    assert budgets["tight"]["budget_ms"] < budgets["medium"]["budget_ms"] <= budgets["loose"]["budget_ms"]
+    kinds = [ev["kind"] for ev in fig6["dynamic"]["events"]]
+    assert kinds[0] == "start" and kinds.count("budget") == 2
+    tl = fig6["timeline"]["dynamic"]
+    assert tl["frames"] == fig6["dynamic"]["frames"] > 0
+    assert (
+        len(tl["t"]) == len(tl["level"]) == len(tl["latency_ms"]) == len(tl["budget_ms"]) == len(tl["load"])
+    )
+    assert set(tl["level"]) <= {1, 2, 3}
+    # static baselines never switch
+    for base in ("static_alone", "static_safe"):
+        assert set(fig6["timeline"][base]["level"]) == {fig6["baselines"][base]["level"]}
+
+
+@pytest.mark.slow
+def test_fig7_load_really_ran(tiny_run: tuple[Path, dict[str, Any], int]) -> None:
+    _, results, _ = tiny_run
+    fig7 = results["fig7"]
+    check = fig7["load_check"]
+    assert check["calibration_steps_per_s"] > 0
+    assert check["loaded_ms_p50"] > 0 and check["alone_ms_p50"] > 0
+    for name in ("dynamic", "static_alone", "static_safe"):
+        load = fig7["timeline"][name]["load"]
+        assert 1 in load and load[0] == 0, f"{name}: the load never ran during the run"
+        assert check["runs"][name]["steps"] > 0
+    assert fig7["budget_ms"] > 0
+    assert fig7["baselines"]["static_safe"]["level"] <= fig7["baselines"]["static_alone"]["level"]
+
+
+@pytest.mark.slow
+def test_fig8_two_classifiers_coordinate(tiny_run: tuple[Path, dict[str, Any], int]) -> None:
+    _, results, _ = tiny_run
+    fig8 = results["fig8"]
+    assert set(fig8["baselines"]) == {"static_alone", "static_safe", "uncoordinated"}
+    assert set(fig8["models"]) == {"A", "B"}
+    assert fig8["budgets_ms"]["A"] < fig8["budgets_ms"]["B"]
+    for mode in ("coordinated", "uncoordinated", "static_alone", "static_safe"):
+        a, b = fig8["timeline"][mode]["A"], fig8["timeline"][mode]["B"]
+        assert a["frames"] > 0 and b["frames"] > 0, mode
+        assert 1 in a["load"], f"{mode}: A never saw B running"
+    # the statuses really travelled between the processes
+    statuses = fig8["models"]["A"]["detail"]["statuses"]
+    assert statuses["published"] > 0 and statuses["received"] > 0
+
+
+def _rec(levels: list[int], lat: list[float], budget: list[float], load: list[int]) -> ex.RunRecord:
+    rec = ex.RunRecord(name="t")
+    for i, (lv, la, bu, lo) in enumerate(zip(levels, lat, budget, load, strict=True)):
+        rec.append(i * 0.01, lv, la, la, bu, lo)
+    return rec
+
+
+def test_analyse_run_on_a_scripted_load_step() -> None:
+    # 30 frames alone at level 3 (5 ms, budget 8), load from frame 30: level 3 takes 12 ms for
+    # 20 frames, then the manager is at level 1 (6 ms) until the load ends at frame 80; back at 3 at 100.
+    n = 120
+    levels = [3] * 50 + [1] * 50 + [3] * 20
+    lat = [5.0] * 30 + [12.0] * 20 + [6.0] * 50 + [5.0] * 20
+    load = [0] * 30 + [1] * 50 + [0] * 40
+    rec = _rec(levels, lat, [8.0] * n, load)
+    acc = {1: 70.0, 2: 75.0, 3: 80.0}
+    lut = {1: 2.0, 2: 4.0, 3: 6.0}
+    m = ex.analyse_run(rec, window=10, accuracy=acc, alone_lut=lut)
+    kinds = [e["kind"] for e in m["events"]]
+    assert kinds == ["start", "load_on", "load_off"]
+    assert m["reaction_frames"] == 20  # frames 30..49 violate, from frame 50 a full window fits
+    assert m["reaction_ms"] == pytest.approx(200.0)
+    assert m["recovery_frames"] == 20  # level 3 (the LUT choice for 8 ms) again at frame 100
+    assert m["deadline_hit_after_reaction"] == 1.0  # the 20 violating frames are excluded
+    assert m["deadline_hit_all"] == pytest.approx(100 / 120)
+    assert m["mean_accuracy"] == pytest.approx((70 * 50 + 80 * 70) / 120)
+    # a baseline scored with the dynamic run's reactions: same frames excluded
+    static = _rec([3] * n, [5.0] * 30 + [12.0] * 50 + [5.0] * 40, [8.0] * n, load)
+    sm = ex.analyse_run(
+        static,
+        window=10,
+        accuracy=acc,
+        alone_lut=lut,
+        reaction_from=[e["reaction_frames"] for e in m["events"]],
+    )
+    assert sm["reaction_frames"] is None  # never meets the budget under load
+    assert sm["deadline_hit_after_reaction"] == pytest.approx(70 / 100)
+
+
+def test_budget_rules() -> None:
+    alone = {1: 1.0, 2: 1.5, 3: 2.0, 4: 3.0}
+    b6 = ex.fig6_budgets(alone, 1.1)
+    assert b6["tight"][1] == 1 and b6["medium"][1] == 3 and b6["loose"][1] == 4
+    for budget, lvl in b6.values():
+        assert ex.lut_level(alone, budget) == lvl
+    loaded = {1: 3.0, 2: 3.6, 3: 4.4, 4: 6.0}
+    rule = ex.load_budget(alone, loaded, 1.1)
+    assert rule["budget_ms"] == pytest.approx(3.3)
+    assert rule["static_safe"] == 1 and rule["static_alone"] == 4 and rule["load_effect"] == "slows"
+    none = ex.load_budget(alone, alone, 1.1)
+    assert none["load_effect"] == "none"
+    assert ex.monotone({1: 2.0, 2: 1.9, 3: 3.0})[2] > 2.0
+    assert ex.lut_level(alone, 0.1) == 1
+
+
+def test_load_images_from_zip_folder_and_synthetic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import Image
+
+    buf = tmp_path / "a.jpg"
+    Image.fromarray(np.full((20, 30, 3), 128, dtype=np.uint8)).save(buf)
+    with zipfile.ZipFile(tmp_path / "imgs.zip", "w") as zf:
+        for i in range(5):
+            zf.write(buf, f"val/cls/{i}.JPEG")
+    images, desc = ex.load_images(str(tmp_path / "imgs.zip"), 3, size=32)
+    assert len(images) == 3 and images[0].shape == (32, 32, 3) and images[0].dtype == np.uint8
+    assert "imgs.zip" in desc
+    images, _ = ex.load_images(str(tmp_path), 10)
+    assert len(images) == 1
+    images, desc = (
+        ex.load_images(None, 2) if not ex._shared_candidates() else ex.load_images(str(tmp_path), 1)
+    )
+    assert images
+    with pytest.raises(ValueError, match="not a folder"):
+        ex.load_images(str(tmp_path / "nothing.txt"), 1)
+
+
+def test_compact_timeline_strides() -> None:
+    rec = _rec([1] * 10, [1.0] * 10, [2.0] * 10, [0] * 10)
+    c = rec.compact(4)
+    assert c["stride"] == 3 and c["frames"] == 10 and len(c["t"]) == 4
+    assert math.isclose(c["t"][1], 0.03)
+
+
+@pytest.mark.cuda
+def test_cuda_quick(tmp_path: Path) -> None:
+    """On a GPU: fig6 through the CUDA-graph engine with the shipped CUDA table (quick settings)."""
+    table = Path(__file__).resolve().parents[2] / "config" / "levels" / "cuda.json"
+    if not table.is_file():
+        pytest.skip(f"{table} not shipped yet")
+    settings = ex.Settings.for_device("cuda", quick=True)
+    settings = dataclasses.replace(settings, fig6_phases_s=(0.5, 0.5, 0.5))
+    args = {"model": "embedded", "table": str(table), "images": None, "out": str(tmp_path), "tag": None}
+    results, failures = ex.run_experiments(args, settings, ["fig6"])
+    assert failures == 0 and results["fig6"]["device"]
