@@ -211,23 +211,23 @@ class BagPlayer(threading.Thread):
         self._rate = float(rate)
         self._loop = loop
         self._restamp = restamp
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self.published: list[tuple[int, int]] = []
 
     def stop(self) -> None:
         """Stop after the current message."""
-        self._stop.set()
+        self._halt.set()
 
     def run(self) -> None:
         t0 = self._times[0]
         span = (self._times[-1] - t0) + (self._times[-1] - self._times[-2] if len(self._times) > 1 else 0)
         start = time.perf_counter()
         lap = 0
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             for index, (ts, msg) in enumerate(zip(self._times, self._msgs, strict=True)):
                 due = start + ((ts - t0) + lap * span) / 1e9 / self._rate
                 delay = due - time.perf_counter()
-                if delay > 0 and self._stop.wait(delay):
+                if delay > 0 and self._halt.wait(delay):
                     return
                 if self._restamp:
                     now = self._node.get_clock().now().nanoseconds
@@ -422,12 +422,22 @@ def plot_timeline(
                 label=f"{node} budget",
                 zorder=3,
             )
+        if len(samples) >= 10:
+            mean = np.convolve([s.latency_ms for s in samples], np.ones(10) / 10, mode="valid")
+            ax_lat.plot(
+                [s.t for s in samples[9:]],
+                mean,
+                color=colour,
+                linewidth=1.2,
+                label=f"{node} mean of 10",
+                zorder=4,
+            )
         ax_lvl.step(
             [s.t for s in samples], [s.level for s in samples], where="post", color=colour, label=node
         )
     ax_lat.set_ylabel("end-to-end latency (ms)")
     ax_lat.set_yscale("log")
-    ax_lat.legend(loc="upper left", fontsize=8, ncol=2)
+    ax_lat.legend(loc="upper left", fontsize=7, ncol=3)
     ax_lat.set_title(title, fontsize=10, pad=16)
     ax_lvl.set_ylabel("level")
     ax_lvl.set_yticks(range(1, n_levels + 1))
@@ -517,7 +527,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "--level-table", default="", help="level table (default: config/levels/<device>.json)"
     )
     parser.add_argument("--fps", type=float, default=30.0, help="camera rate of the played bag")
-    parser.add_argument("--phase-s", type=float, default=15.0, help="seconds per budget phase")
+    parser.add_argument("--phase-s", type=float, default=12.0, help="seconds per budget phase")
     parser.add_argument(
         "--bag", default=None, help="keep the written rosbag here (default: a temporary folder)"
     )
@@ -700,7 +710,7 @@ def run(args: argparse.Namespace) -> int:
                     raise RuntimeError(f"{proc_name} exited with code {proc.returncode}:\n{_tail(log)}")
 
         # Phase 0: no budget, the most accurate level; measures this machine's end-to-end overhead.
-        phase("warm-up (no budget)", max(4.0, args.phase_s * 0.5), [NODE_A])
+        phase("no budget", max(4.0, args.phase_s * 0.5), [NODE_A])
         warm = recorder.window(NODE_A, phases[-1][1], phases[-1][2])
         top = [s for s in warm if s.level == n] or warm
         slowdown = statistics.median(s.inference_ms for s in top) / lat[-1] if top else 1.0
@@ -722,11 +732,11 @@ def run(args: argparse.Namespace) -> int:
         )
 
         set_budget(NODE_A, tight)
-        phase("tight budget", args.phase_s, [NODE_A])
+        phase("tight", args.phase_s, [NODE_A])
         set_budget(NODE_A, loose)
-        phase("loose budget", args.phase_s, [NODE_A])
+        phase("loose", args.phase_s, [NODE_A])
         set_budget(NODE_A, medium)
-        phase("medium budget", args.phase_s, [NODE_A])
+        phase("medium", args.phase_s, [NODE_A])
 
         # Co-located second model (Figs. 7/8): same device, same camera, same coordination group.
         log_b = work / f"{NODE_B}.log"
@@ -741,8 +751,8 @@ def run(args: argparse.Namespace) -> int:
         start_b = time.monotonic() - recorder.t0
         demo.wait_for_predictions(NODE_B, 1, 120.0, proc_b)
         budget_steps[NODE_B].append((time.monotonic() - recorder.t0, params_b["latency_budget_ms"]))
-        phases.append((f"{NODE_B} starting", start_b, time.monotonic() - recorder.t0))
-        phase("co-located, coordinated", args.phase_s * 1.5, [NODE_A, NODE_B])
+        phases.append(("B starting", start_b, time.monotonic() - recorder.t0))
+        phase("A+B co-located", args.phase_s * 1.5, [NODE_A, NODE_B])
 
         player.stop()
         for name in (NODE_A, NODE_B):

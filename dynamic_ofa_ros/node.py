@@ -349,6 +349,8 @@ class ClassifierNode(Node):
         self._last_error = ""
         self._no_budget = True
         self._peer_errors = 0
+        #: level changes decided by the group coordinator (the rest: constraints, manual, own rule)
+        self.coordinator_moves = 0
         self._status_pub: Any = None
         self._coord_pub: Any = None
         self._image_topics: list[str] = []
@@ -622,6 +624,8 @@ class ClassifierNode(Node):
     def _on_switch(self, decision: Decision) -> None:
         """Every level change (any cause): switch the engine, publish the status."""
         self.engine.switch(decision.level)
+        if decision.reason == "coordinator":
+            self.coordinator_moves += 1
         self.get_logger().info(
             f"level {decision.previous_level} -> {decision.level} ({decision.reason}, mode {decision.mode}"
             + (f", unmet: {decision.unmet}" if decision.unmet else "")
@@ -825,6 +829,7 @@ class ClassifierNode(Node):
             "device": status.device,
             "coordination_group": status.coordination_group,
             "coordination": ("coordinated with " + ", ".join(peers)) if peers else "alone",
+            "coordinator_moves": self.coordinator_moves,
         }
         entry = DiagnosticStatus(
             level=level,
