@@ -255,3 +255,25 @@ def test_latest_frame_policy_at_60fps(harness: Any, photo: np.ndarray, image_msg
     # Bounded latency: every frame waited at most for the one in flight before it.
     worst_inference = max(p.inference_ms for p in predictions)
     assert max(p.latency_ms for p in predictions) < 20 * worst_inference + 1000.0
+
+
+def test_diagnostics_warn_when_level_1_misses_budget(
+    harness: Any, photo: np.ndarray, image_msg: Any, waiter: Any
+) -> None:
+    """A budget no level can meet: level 1 runs, the status names the unmet constraint, diagnostics WARN."""
+    from diagnostic_msgs.msg import DiagnosticStatus
+    from sensor_msgs.msg import Image
+
+    from dynamic_ofa_ros.msg import Prediction
+
+    node = harness.start_node(latency_budget_ms=0.5)
+    predictions = harness.collect(Prediction, f"{node.get_fully_qualified_name()}/prediction")
+    pub = harness.publisher(Image, f"{harness.namespace}/image")
+    for _ in range(3):
+        _send_and_wait(harness, pub, image_msg(photo), predictions, waiter)
+    assert predictions[-1].level == 1
+    status = node.status_message()
+    assert status.level == 1 and status.unmet == "latency" and status.violations >= 3
+    diag = node.diagnostics().status[0]
+    assert diag.level == DiagnosticStatus.WARN
+    assert "level 1" in diag.message

@@ -1,0 +1,83 @@
+"""The demo's building blocks without ROS transport: photos, per-phase statistics, table, plot.
+
+The full demo (``make demo``) runs the installed node for about two minutes; its ROS parts (bag
+writing/reading, the player) are exercised by test_rosbag_replay.py.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+
+def test_load_photos_from_skimage_and_folder(tmp_path: Path) -> None:
+    import cv2
+
+    from dynamic_ofa_ros.demo import FRAME_SIZE, load_photos
+
+    pytest.importorskip("skimage", reason="scikit-image ships the demo photos")
+    frames, where = load_photos(None)
+    assert len(frames) >= 5 and "skimage" in where
+    assert all(f.shape == (FRAME_SIZE[1], FRAME_SIZE[0], 3) and f.dtype == np.uint8 for f in frames)
+    folder = tmp_path / "photos" / "cls"
+    folder.mkdir(parents=True)
+    for i in range(3):
+        cv2.imwrite(str(folder / f"{i}.png"), np.full((50, 60, 3), 40 * i, np.uint8))
+    frames, where = load_photos(str(tmp_path / "photos"), size=(64, 48))
+    assert len(frames) == 3 and frames[0].shape == (48, 64, 3) and "ImageFolder" in where
+
+
+def test_phase_statistics_table_and_plot(tmp_path: Path) -> None:
+    from dynamic_ofa_ros.demo import (
+        NODE_A,
+        NODE_B,
+        Recorder,
+        Sample,
+        format_table,
+        phase_result,
+        plot_timeline,
+    )
+
+    recorder = Recorder(t0=0.0)
+    for i in range(40):
+        level = 3 if i < 20 else 1
+        recorder.samples.append(
+            Sample(i * 0.1, NODE_A, level, 30.0 if level == 3 else 10.0, 8.0, "tabby", 20.0)
+        )
+        recorder.samples.append(Sample(i * 0.1 + 0.05, NODE_B, 2, 15.0, 12.0, "cat", 25.0))
+    accuracy = [60.0, 70.0, 80.0]
+    result = phase_result(recorder, "tight", NODE_A, 0.0, 4.0, 20.0, accuracy)
+    assert result.frames == 40 and result.levels == {"3": 20, "1": 20} and result.final_level == 1
+    assert result.hit_pct == 50.0 and result.mean_ms == 20.0 and result.expected_accuracy == 60.0
+    assert result.fps == 10.0
+    empty = phase_result(recorder, "none", NODE_A, 10.0, 11.0, 20.0, accuracy)
+    assert empty.frames == 0 and math.isnan(empty.hit_pct)
+    no_budget = phase_result(recorder, "free", NODE_B, 0.0, 4.0, 0.0, accuracy)
+    assert no_budget.hit_pct == 100.0
+    table = format_table([result, no_budget], meaningful=False)
+    assert "tight" in table and "L1:20" in table and "none" in table and "random weights" in table
+
+    out = tmp_path / "docs" / "demo.png"
+    plot_timeline(
+        recorder,
+        [("tight", 0.0, 2.0), ("loose", 2.0, 4.0)],
+        {NODE_A: [(0.0, 0.0), (1.0, 20.0)], NODE_B: [(0.5, 25.0)]},
+        3,
+        out,
+        title="test",
+    )
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not [p for p in out.parent.iterdir() if p.name != "demo.png"], "temporary files left behind"
+
+
+def test_demo_help(capsys: Any) -> None:
+    from dynamic_ofa_ros.demo import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    assert "--phase-s" in capsys.readouterr().out
