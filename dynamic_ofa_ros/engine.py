@@ -383,24 +383,30 @@ class LevelEngine:
         self._current = self._runner(level)
 
     def infer(self, rgb: np.ndarray | torch.Tensor) -> InferenceResult:
-        """Classify one (H, W, 3) uint8 RGB image with the current level (preprocessing included)."""
+        """Classify one (H, W, 3) uint8 RGB image with the current level.
+
+        ``inference_ms`` covers validation, preprocessing, the model and the copy of the
+        probabilities to the host (not a one-off CUDA-graph capture for a new image size).
+        """
+        start = time.perf_counter()
         check_rgb(rgb, max_pixels=self.max_pixels)
         runner = self._current
         if self.device.type == "cpu":
-            start = time.perf_counter()
             with torch.inference_mode():
                 x = to_input_tensor(rgb, resolution=runner.resolution)
                 probs = runner.body(x)[0].numpy()
             return InferenceResult(runner.level.level, probs, (time.perf_counter() - start) * 1000.0)
         with self._lock:
-            return self._infer_cuda(runner, rgb)
+            return self._infer_cuda(runner, rgb, start)
 
-    def _infer_cuda(self, runner: LevelRunner, rgb: np.ndarray | torch.Tensor) -> InferenceResult:
+    def _infer_cuda(
+        self, runner: LevelRunner, rgb: np.ndarray | torch.Tensor, start: float
+    ) -> InferenceResult:
         shape = (int(rgb.shape[0]), int(rgb.shape[1]))
         if shape not in self._images:
             with torch.inference_mode(False):
                 self._ensure_shape(shape)  # one-off capture for a new camera resolution (not timed)
-        start = time.perf_counter()
+            start = time.perf_counter()
         buffers = self._images.get(shape)
         with torch.no_grad(), torch.cuda.stream(self._stream):
             if buffers is not None and shape in runner.graphs:

@@ -4,17 +4,22 @@
 training-time evaluation, on CPU and GPU alike) is :func:`to_input_tensor` /
 :func:`to_input_batch`:
 
-1. the uint8 RGB image (H, W, 3) becomes float32 (1, 3, H, W) with values 0..255;
-2. it is resized to ``resolution`` × ``resolution`` (aspect ratio not kept, no crop)
-   with ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False,
-   antialias=True)`` — skipped when the image already has that size, which is
-   the identity;
-3. it is normalised with the ImageNet mean/std: ``(x / 255 - mean) / std``,
-   computed as ``x * (1 / (255 * std)) + (-mean / std)``.
+1. the uint8 RGB image (H, W, 3) is resized to ``resolution`` × ``resolution``
+   (aspect ratio not kept, no crop) with antialiased bilinear interpolation
+   (``torch.nn.functional.interpolate(mode="bilinear", align_corners=False,
+   antialias=True)``) into an **8-bit image**, like any image resizer's output —
+   skipped when the image already has that size (the identity);
+2. it becomes float32 (1, 3, r, r) and is normalised with the ImageNet mean/std:
+   ``(x / 255 - mean) / std``, computed as ``x * (1 / (255 * std)) + (-mean / std)``.
 
-The same torch operations run on either device, so CPU and GPU inputs agree to
-float rounding (about 1e-5). OpenCV's INTER_AREA would be faster on the CPU but
-differs from the GPU path by up to a few grey levels, so it is not used.
+On the CPU step 1 runs torch's native uint8 kernel (AVX2, fixed-point weights), on
+CUDA the float kernel followed by rounding to the nearest integer and clamping to
+0..255 (CUDA has no uint8 antialiased kernel). The two agree to within one grey
+level (about 10-18 % of the pixels differ by exactly 1, i.e. 0.017 after
+normalisation); images that need no resizing give identical inputs. The 8-bit
+kernel makes the CPU path 5-9x faster than resizing in float (on this 2-core CPU
+at 640x480 under load: 0.5-0.8 ms instead of 3.6-7 ms). OpenCV's INTER_AREA is a
+different filter and is not used.
 
 **Limits.** Images above ``max_pixels`` (default 40 megapixels) are rejected with
 :class:`ImageError` *before* anything is allocated or decoded (an 8000 × 8000 frame
@@ -225,12 +230,21 @@ def _as_tensor(image: np.ndarray | torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(image))
 
 
-def _resize_normalise(x: torch.Tensor, resolution: int, out: torch.Tensor | None) -> torch.Tensor:
-    """``x``: float (N, 3, H, W) in 0..255 → normalised (N, 3, r, r), written into ``out`` when given."""
-    if x.shape[-2:] != (resolution, resolution):
-        x = F.interpolate(
-            x, size=(resolution, resolution), mode="bilinear", align_corners=False, antialias=True
-        )
+def _resize_u8(image: torch.Tensor, resolution: int) -> torch.Tensor:
+    """uint8 (N, 3, H, W) → float32 (N, 3, r, r) holding the 8-bit resized image (values 0..255)."""
+    size = (resolution, resolution)
+    if image.shape[-2:] == size:
+        return image.float()
+    if image.device.type == "cpu":
+        resized = F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=True)
+        return resized.float()
+    x = F.interpolate(image.float(), size=size, mode="bilinear", align_corners=False, antialias=True)
+    return x.round_().clamp_(0.0, 255.0)
+
+
+def _resize_normalise(image: torch.Tensor, resolution: int, out: torch.Tensor | None) -> torch.Tensor:
+    """uint8 (N, 3, H, W) → normalised float32 (N, 3, r, r), written into ``out`` when given."""
+    x = _resize_u8(image, resolution)
     scale, shift = _norm_constants(x.device)
     if out is None:
         return torch.addcmul(shift, x, scale)
@@ -252,12 +266,11 @@ def to_input_tensor(
     check_rgb(rgb)
     dev = torch.device(device)
     t = _as_tensor(rgb).to(dev, non_blocking=True)
-    x = t.permute(2, 0, 1).unsqueeze(0).float()
-    if out is not None and (tuple(out.shape) != (1, 3, resolution, resolution) or out.device != x.device):
+    if out is not None and (tuple(out.shape) != (1, 3, resolution, resolution) or out.device != t.device):
         raise ImageError(
             f"out has shape {tuple(out.shape)} on {out.device}; need (1, 3, {resolution}, {resolution})"
         )
-    return _resize_normalise(x, int(resolution), out)
+    return _resize_normalise(t.permute(2, 0, 1).unsqueeze(0), int(resolution), out)
 
 
 def to_input_batch(
@@ -279,7 +292,7 @@ def to_input_batch(
             raise ImageError("the batch is empty")
         check_rgb(images[0])
         t = _as_tensor(images).to(dev, non_blocking=True)
-        return _resize_normalise(t.permute(0, 3, 1, 2).float(), int(resolution), None)
+        return _resize_normalise(t.permute(0, 3, 1, 2), int(resolution), None)
     items = list(images)
     if not items:
         raise ImageError("the batch is empty")
