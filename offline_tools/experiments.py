@@ -400,13 +400,18 @@ def analyse_run(
     window: int,
     accuracy: Mapping[int, float],
     alone_lut: Mapping[int, float],
-    reaction_from: Sequence[int | None] | None = None,
+    reaction_from: Sequence[Mapping[str, Any]] | None = None,
+    static: bool = False,
 ) -> dict[str, Any]:
     """Metrics of one run (see ``docs/experiments.md`` for the definitions).
 
-    ``reaction_from``: per event, the reaction (frames) whose frames are excluded from
-    ``deadline_hit_after_reaction``; a baseline passes the dynamic run's, so that every run is
-    scored on the same part of its timeline. Defaults to the run's own reactions (an event never
+    ``static``: a run that never switches; its reaction is only the deadline part (no target
+    level) and it has no recovery.
+
+    ``reaction_from``: another run's ``events`` (``kind`` + ``reaction_frames``); the k-th event
+    of a kind here then excludes as many frames from ``deadline_hit_after_reaction`` as the
+    k-th event of that kind there. A baseline passes the dynamic run's, so that every run is
+    scored on the same part of its timeline. Default: the run's own reactions (an event never
     reacted to excludes the rest of its phase).
     """
     n = len(rec)
@@ -416,17 +421,24 @@ def analyse_run(
     bud = np.asarray(rec.budget_ms, dtype=float)
     hit = lat <= bud
     events = find_events(rec, alone_lut)
+    if static:
+        for ev in events:
+            ev.target = None
     bounds = [ev.frame for ev in events[1:]] + [n]
     reactions = [_event_reaction(rec, ev, end, window, hit) for ev, end in zip(events, bounds, strict=True)]
     excluded = np.zeros(n, dtype=bool)
+    given: dict[str, list[int | None]] = {}
+    for other in reaction_from or ():
+        given.setdefault(str(other["kind"]), []).append(other["reaction_frames"])
+    seen: dict[str, int] = {}
     for k, (ev, end) in enumerate(zip(events, bounds, strict=True)):
+        nth = seen.get(ev.kind, 0)
+        seen[ev.kind] = nth + 1
         if ev.kind == "load_off":
             continue  # stepping up happens while the budget is met: nothing to exclude
-        frames: int | None
-        if reaction_from is not None and k < len(reaction_from):
-            frames = reaction_from[k]
-        else:
-            frames = reactions[k]["reaction_frames"]
+        frames: int | None = reactions[k]["reaction_frames"]
+        if reaction_from is not None and nth < len(given.get(ev.kind, [])):
+            frames = given[ev.kind][nth]
         stop = end if frames is None else min(end, ev.frame + frames)
         excluded[ev.frame : stop] = True
     scored = hit[~excluded]
@@ -445,8 +457,9 @@ def analyse_run(
         "deadline_hit_after_reaction": float(scored.mean()) if scored.size else None,
         "reaction_frames": worst(restoring, "reaction_frames"),
         "reaction_ms": worst(restoring, "reaction_ms"),
-        "recovery_frames": worst(recovering, "reaction_frames") if recovering else None,
-        "recovery_ms": worst(recovering, "reaction_ms") if recovering else None,
+        "recovery_frames": worst(recovering, "reaction_frames") if recovering and not static else None,
+        "recovery_ms": worst(recovering, "reaction_ms") if recovering and not static else None,
+        "recovery_events": 0 if static else len(recovering),
         "window_size": window,
         "mean_accuracy": float(np.mean(acc)),
         "deadline_hit_all": float(hit.mean()),
@@ -615,6 +628,18 @@ class ManagedController:
             self.poll()
         return int(self.manager.observe(latency_ms, inference_ms=inference_ms))
 
+    def summary(self) -> dict[str, Any]:
+        """The manager's own counters at the end of a run (its reaction measure, for comparison)."""
+        st = self.manager.status()
+        return {
+            "frames": st.frames,
+            "violations": st.violations,
+            "switches": st.switches,
+            "last_reaction_frames": st.last_reaction_frames,
+            "last_reaction_ms": round(float(st.last_reaction_ms), 3),
+            "mode": st.mode,
+        }
+
 
 # --------------------------------------------------------------------------------------------
 # the frame loop
@@ -694,6 +719,8 @@ def run_frames(
         i += 1
     for _, fn in pending:  # actions scheduled past the end (e.g. stopping the load) still run
         fn()
+    if isinstance(controller, ManagedController):
+        rec.info["manager"] = controller.summary()
     return rec
 
 
@@ -973,8 +1000,22 @@ def _write_result(ctx: Context, experiment: str, result: dict[str, Any]) -> Path
     from dynamic_ofa_ros.timing import atomic_write_text
 
     path = ctx.out / f"{experiment}-{ctx.tag}.json"
-    atomic_write_text(path, json.dumps(result, indent=1, allow_nan=False, default=_json_default) + "\n")
+    text = json.dumps(_finite(result), indent=1, allow_nan=False, default=_json_default)
+    atomic_write_text(path, text + "\n")
     return path
+
+
+def _finite(obj: Any) -> Any:
+    """``obj`` with NaN/infinite floats replaced by ``None`` (JSON has no NaN)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return _finite(obj.item())
+    return obj
 
 
 def _json_default(obj: Any) -> Any:
@@ -995,15 +1036,21 @@ def _assemble(
     """Analyse the dynamic run and the baselines the same way; the JSON object of one experiment."""
     lut = ctx.lut()
     dyn = analyse_run(runs["dynamic"], window=ctx.window_size, accuracy=ctx.accuracy, alone_lut=lut)
-    reactions = [ev["reaction_frames"] for ev in dyn["events"]]
+    reactions = dyn["events"]
     result = _result_header(ctx, experiment)
     result.update(metric_fields(dyn))
     dyn["switch_reasons"] = runs["dynamic"].info.get("switch_reasons", {})
+    dyn["manager"] = runs["dynamic"].info.get("manager", {})
     result["dynamic"] = dyn
     result["baselines"] = {}
     for name, lvl in baselines_levels.items():
         m = analyse_run(
-            runs[name], window=ctx.window_size, accuracy=ctx.accuracy, alone_lut=lut, reaction_from=reactions
+            runs[name],
+            window=ctx.window_size,
+            accuracy=ctx.accuracy,
+            alone_lut=lut,
+            reaction_from=reactions,
+            static=True,
         )
         result["baselines"][name] = {"level": lvl, **metric_fields(m), "detail": m}
     result.update(extra)
@@ -1070,7 +1117,9 @@ def run_fig6(ctx: Context) -> dict[str, Any]:
         "levels": _levels_block(ctx),
     }
     result = _assemble(ctx, "fig6", runs, base, extra)
-    result["png"] = _plot(ctx, "fig6", runs, result, "Fig. 6: budget changes (tight -> loose -> medium)")
+    _plot_safely(
+        result, lambda: _plot(ctx, "fig6", runs, result, "Fig. 6: budget changes (tight -> loose -> medium)")
+    )
     return result
 
 
@@ -1146,7 +1195,9 @@ def run_fig7(ctx: Context) -> dict[str, Any]:
         "levels": _levels_block(ctx, loaded),
     }
     result = _assemble(ctx, "fig7", runs, base, extra)
-    result["png"] = _plot(ctx, "fig7", runs, result, "Fig. 7: co-located ResNet-18 training job")
+    _plot_safely(
+        result, lambda: _plot(ctx, "fig7", runs, result, "Fig. 7: co-located ResNet-18 training job")
+    )
     return result
 
 
@@ -1176,6 +1227,8 @@ def _classifier_worker(
             cmd = cmd_q.get()
             op = cmd["op"]
             if op == "quit":
+                _drain(inbox)  # let the peer's queue feeder flush, so that it can exit
+                outbox.cancel_join_thread()
                 break
             if op == "measure":
                 _wait_until(cmd.get("start_at"))
@@ -1429,7 +1482,7 @@ def run_fig8(ctx: Context) -> dict[str, Any]:
     alone_lut = lut
     result = _result_header(ctx, "fig8")
     per_mode: dict[str, dict[str, Any]] = {}
-    dyn_reactions: dict[str, list[int | None]] = {}
+    dyn_reactions: dict[str, list[dict[str, Any]]] = {}
     for mode_name in modes:
         models = {}
         for n in pair.names:
@@ -1440,11 +1493,13 @@ def run_fig8(ctx: Context) -> dict[str, Any]:
                 accuracy=ctx.accuracy,
                 alone_lut=alone_lut,
                 reaction_from=None if mode_name == "coordinated" else dyn_reactions.get(n),
+                static=mode_name.startswith("static"),
             )
             if mode_name == "coordinated":
-                dyn_reactions[n] = [ev["reaction_frames"] for ev in m["events"]]
+                dyn_reactions[n] = m["events"]
             m["switch_reasons"] = rec.info.get("switch_reasons", {})
             m["statuses"] = rec.info.get("statuses", {})
+            m["manager"] = rec.info.get("manager", {})
             models[n] = m
         per_mode[mode_name] = {"combined": _combine(models, runs[mode_name], ctx), "models": models}
     result.update(metric_fields(per_mode["coordinated"]["combined"]))
@@ -1493,7 +1548,7 @@ def run_fig8(ctx: Context) -> dict[str, Any]:
             },
         }
     )
-    result["png"] = _plot8(ctx, runs, result)
+    _plot_safely(result, lambda: _plot8(ctx, runs, result))
     return result
 
 
@@ -1534,8 +1589,10 @@ def _combine(
     frames = sum(m["frames"] for m in models.values())
 
     def worst(key: str) -> Any:
-        values = [m[key] for m in models.values()]
-        if all(v is None for v in values) and key.startswith("recovery"):
+        """Worst over the models (``None`` if one never reacted); recovery only where the load stopped."""
+        pool = [m for m in models.values() if not key.startswith("recovery") or m.get("recovery_events")]
+        values = [m[key] for m in pool]
+        if not values:
             return None
         return None if any(v is None for v in values) else max(values)
 
@@ -1647,6 +1704,16 @@ def _plot8(ctx: Context, runs: Mapping[str, Mapping[str, RunRecord]], result: Ma
     return path.name
 
 
+def _plot_safely(result: dict[str, Any], plot: Callable[[], str]) -> None:
+    """``result["png"]`` = the PNG's name; a plotting error is recorded, not raised (JSON first)."""
+    try:
+        result["png"] = plot()
+    except Exception as exc:
+        result["png"] = None
+        result["png_error"] = f"{type(exc).__name__}: {exc}"
+        print(f"plot failed: {result['png_error']}", file=sys.stderr)
+
+
 def _save_fig(fig: Any, path: Path) -> None:
     from dynamic_ofa_ros.timing import atomic_write_bytes
 
@@ -1698,9 +1765,20 @@ def _quiet_progress() -> Iterator[None]:
             print("\n".join(kept), file=sys.stderr)
 
 
-def _locked(lock: Any) -> Any:
-    """``lock`` as a context manager, or a no-op one for ``None``."""
-    return lock if lock is not None else contextlib.nullcontext()
+@contextlib.contextmanager
+def _locked(lock: Any, timeout_s: float = 300.0) -> Iterator[None]:
+    """Hold ``lock`` (a multiprocessing lock, or ``None``: nothing) for the block.
+
+    Gives up waiting after ``timeout_s`` (a process that died holding it must not hang the run).
+    """
+    got = lock.acquire(timeout=timeout_s) if lock is not None else False
+    if lock is not None and not got:
+        print(f"set-up lock not free after {timeout_s:.0f} s; going on without it", file=sys.stderr)
+    try:
+        yield
+    finally:
+        if got:
+            lock.release()
 
 
 def build_context(
@@ -1773,19 +1851,15 @@ def build_context(
         "table_device": table.device,
         "images": desc,
         "images_arg": args.get("images"),
+        "manager_config": _manager_config(settings, window),
+        "lut_source": settings.lut_source,
+        "engine_execution": {int(k): v for k, v in dict(getattr(engine, "execution", {})).items()},
         "engine_memory_mb": {int(k): round(float(v), 2) for k, v in dict(engine.memory_mb).items()},
     }
     setup_s = time.monotonic() - t0
+    ctx.header["setup_s"] = round(setup_s, 2)
     if measure:
-        ctx.alone = measure_levels(
-            engine,
-            images,
-            ctx.levels,
-            frames=settings.calib_frames,
-            fps=settings.fps,
-            warmup=settings.warmup_frames,
-        )
-        ctx.header["setup_s"] = round(setup_s, 2)
+        measure_alone(ctx)
     if not quiet:
         print(f"set-up {setup_s:.1f} s: {name}, {len(ctx.levels)} levels, {desc}", flush=True)
     return ctx
@@ -1977,12 +2051,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--load-margin", type=float, default=None, help="figs. 7/8 budget margin over p95 under load (1.25)"
     )
     p.add_argument("--lut-source", choices=("measured", "table"), default="measured")
+    p.add_argument(
+        "--statistic",
+        choices=("p95", "mean"),
+        default="p95",
+        help="window statistic the manager compares with the budget (default p95)",
+    )
     p.add_argument("--tag", default=None, help="file-name tag (default: GPU model, e.g. h100, or cpu)")
     return p.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; returns the number of experiments that failed (0 = all ran)."""
+    """Command-line entry point; exit status 0 when every experiment ran (whatever its numbers), else 1."""
     ns = parse_args(argv)
     if ns.pack_images:
         count = pack_images(ns.pack_images[0], ns.pack_images[1], ns.n_images or Settings().n_images)
@@ -1993,7 +2073,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     os.environ.setdefault("TQDM_DISABLE", "1")  # before anything imports tqdm: keep the output short
     settings = Settings.for_device(ns.device, quick=ns.quick)
-    overrides: dict[str, Any] = {"lut_source": ns.lut_source}
+    overrides: dict[str, Any] = {"lut_source": ns.lut_source, "statistic": ns.statistic}
     for key, value in (
         ("fps", ns.fps),
         ("fig8_fps", ns.fig8_fps),

@@ -236,10 +236,17 @@ def test_analyse_run_on_a_scripted_load_step() -> None:
         window=10,
         accuracy=acc,
         alone_lut=lut,
-        reaction_from=[e["reaction_frames"] for e in m["events"]],
+        reaction_from=m["events"],
+        static=True,
     )
     assert sm["reaction_frames"] is None  # never meets the budget under load
+    assert sm["recovery_frames"] is None  # a static level has nothing to recover
     assert sm["deadline_hit_after_reaction"] == pytest.approx(70 / 100)
+    # a static level below the LUT level: only the deadline counts for its reaction
+    low = ex.analyse_run(
+        _rec([1] * 20, [1.0] * 20, [8.0] * 20, [0] * 20), window=10, accuracy=acc, alone_lut=lut, static=True
+    )
+    assert low["reaction_frames"] == 0 and low["deadline_hit_after_reaction"] == 1.0
 
 
 def test_budget_rules() -> None:
