@@ -259,8 +259,13 @@ def test_budget_rules() -> None:
     rule = ex.load_budget(alone, loaded, 1.1)
     assert rule["budget_ms"] == pytest.approx(3.3)
     assert rule["static_safe"] == 1 and rule["static_alone"] == 4 and rule["load_effect"] == "slows"
-    none = ex.load_budget(alone, alone, 1.1)
-    assert none["load_effect"] == "none"
+    none = ex.load_budget(alone, alone, (1.1, 1.05))
+    assert none["load_effect"] == "none" and set(none["candidates"]) == {"1.1", "1.05"}
+    # a constant added delay: no gap with a wide margin, one with a narrower margin
+    added = {lvl: ms + 4.0 for lvl, ms in alone.items()}
+    assert ex.load_budget(alone, added, 1.5)["load_effect"] == "none"
+    narrow = ex.load_budget(alone, added, (1.5, 1.05))
+    assert narrow["margin"] == 1.05 and narrow["static_safe"] < narrow["static_alone"]
     assert ex.monotone({1: 2.0, 2: 1.9, 3: 3.0})[2] > 2.0
     assert ex.lut_level(alone, 0.1) == 1
 
