@@ -498,6 +498,16 @@ def stop_process(proc: subprocess.Popen[bytes]) -> int | None:
     return proc.returncode
 
 
+def _device_label(device: str) -> str:
+    """The CPU model / GPU name behind ``device``, for the plot title."""
+    try:
+        from dynamic_ofa_ros.timing import device_name
+
+        return device_name(device)
+    except Exception:  # an unknown device string: just show it
+        return device
+
+
 def _tail(path: Path, lines: int = 15) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -763,12 +773,15 @@ def run(args: argparse.Namespace) -> int:
                     f"{status.dropped}, errors {status.errors}, mode {status.mode}",
                     flush=True,
                 )
-        meaningful = args.model != "random" and not args.model.startswith("random")
+        meaningful = not args.model.startswith("random")
+        device_label = _device_label(levels.device)
         table = format_table(results, meaningful=meaningful)
         print("\n" + table + "\n", flush=True)
         title = (
-            f"Dynamic-OFA node on {levels.device}: {n} levels, camera {args.fps:g} fps "
-            f"({photos_from.split(' (')[0]}); budgets by ~/set_constraints, then a co-located model"
+            f"Dynamic-OFA node on {levels.device} ({device_label}), model {args.model}"
+            f"{'' if meaningful else ' (random weights)'}, {n} levels; camera {args.fps:g} fps "
+            f"({photos_from.split(' (')[0]})\nbudgets set by ~/set_constraints, then a second, "
+            "co-located classifier in the same coordination group"
         )
         plot_timeline(recorder, phases, budget_steps, n, out, title=title)
         runtime = time.monotonic() - wall_start
@@ -786,7 +799,18 @@ def run(args: argparse.Namespace) -> int:
                 NODE_B: params_b["latency_budget_ms"],
             },
             "phases": [asdict(r) for r in results],
-            "samples": [asdict(s) for s in recorder.samples],
+            "samples_columns": ["t_s", "node", "level", "latency_ms", "inference_ms", "budget_ms"],
+            "samples": [
+                [
+                    round(x.t, 3),
+                    x.node,
+                    x.level,
+                    round(x.latency_ms, 2),
+                    round(x.inference_ms, 2),
+                    round(x.budget_ms, 2),
+                ]
+                for x in recorder.samples
+            ],
             "runtime_s": runtime,
         }
         atomic_write_text(

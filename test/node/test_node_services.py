@@ -206,8 +206,10 @@ def test_services_answer_within_100ms_during_inference(
     thread.start()
     try:
         waiter(lambda: len(predictions) >= 3, 30.0, "inference running")
+        before = len(predictions)
         times: list[float] = []
         for i in range(10):
+            time.sleep(0.05)
             _, ms = harness.call(clients["levels"], GetLevels.Request())
             times.append(ms)
             _, ms = harness.call(clients["level"], SetLevel.Request(level=n if i % 2 else 0))
@@ -216,7 +218,7 @@ def test_services_answer_within_100ms_during_inference(
             response, ms = harness.call(clients["constraints"], request)
             assert response.accepted
             times.append(ms)
-        frames_during = len(predictions)
+        frames_during = len(predictions) - before
     finally:
         stop.set()
         thread.join()
@@ -224,6 +226,6 @@ def test_services_answer_within_100ms_during_inference(
         f"service round trip during inference: median {statistics.median(times):.1f} ms, "
         f"max {max(times):.1f} ms over {len(times)} calls ({frames_during} predictions)"
     )
-    assert frames_during > 3
+    assert frames_during > 0, "inference did not run during the calls"
     assert statistics.median(times) < 100.0
     assert max(times) < 250.0
