@@ -36,6 +36,7 @@ import math
 import multiprocessing as mp
 import os
 import queue
+import re
 import sys
 import time
 import traceback
@@ -102,7 +103,7 @@ class Settings:
     statistic: str = "p95"
     n_images: int = 32
     image_size: int = 224
-    max_timeline_points: int = 4000
+    max_timeline_points: int = 2000
     peer_timeout_s: float = 0.5
     worker_start_timeout_s: float = 240.0
     seed: int = 0
@@ -1029,6 +1030,12 @@ def _write_result(ctx: Context, experiment: str, result: dict[str, Any]) -> Path
 
     path = ctx.out / f"{experiment}-{ctx.tag}.json"
     text = json.dumps(_finite(result), indent=1, allow_nan=False, default=_json_default)
+    # one line per list of numbers (the timelines), which keeps the file small and readable
+    text = re.sub(
+        r"\[\s+([-0-9.eE+,\snul]+?)\s+\]",
+        lambda m: "[" + ",".join(part.strip() for part in m.group(1).split(",")) + "]",
+        text,
+    )
     atomic_write_text(path, text + "\n")
     return path
 
@@ -1876,9 +1883,11 @@ def build_context(
         "model": supernet.source,
         "supernet_sha256": supernet.sha256,
         "accuracy_meaningful": ctx.accuracy_meaningful,
-        "accuracy_source": "level table 'accuracy' (top-1 %, "
-        + str(getattr(table.levels[0], "accuracy_dataset", None))
-        + ")",
+        "accuracy_source": (
+            f"level table 'accuracy' (top-1 %, {table.levels[0].accuracy_dataset})"
+            if table.levels[0].accuracy is not None
+            else "level table 'predicted_accuracy' (no measured accuracy in the table)"
+        ),
         "table": str(args["table"]),
         "table_device": table.device,
         "images": desc,
