@@ -346,7 +346,7 @@ def format_table(results: Sequence[PhaseResult], *, meaningful: bool) -> str:
     """The per-phase table printed at the end."""
     acc = "exp. top-1 %" if meaningful else "exp. top-1 % (random weights)"
     header = (
-        f"{'phase':<22} {'node':<13} {'budget ms':>9} {'levels used':<22} {'final':>5} {'fps':>5} "
+        f"{'phase':<22} {'node':<13} {'budget ms':>9} {'levels used':<30} {'final':>5} {'fps':>5} "
         f"{'mean ms':>8} {'p95 ms':>7} {'hit %':>6}  {acc}"
     )
     lines = [header, "-" * len(header)]
@@ -354,7 +354,7 @@ def format_table(results: Sequence[PhaseResult], *, meaningful: bool) -> str:
         used = " ".join(f"L{k}:{v}" for k, v in sorted(r.levels.items(), key=lambda kv: int(kv[0])))
         budget = f"{r.budget_ms:.1f}" if r.budget_ms > 0 else "none"
         lines.append(
-            f"{r.phase:<22} {r.node:<13} {budget:>9} {used:<22} {r.final_level:>5} {r.fps:>5.1f} "
+            f"{r.phase:<22} {r.node:<13} {budget:>9} {used:<30} {r.final_level:>5} {r.fps:>5.1f} "
             f"{r.mean_ms:>8.1f} {r.p95_ms:>7.1f} {r.hit_pct:>6.1f}  {r.expected_accuracy:.1f}"
         )
     return "\n".join(lines)
