@@ -111,7 +111,7 @@ class TrainConfig:
     bn_momentum: float = 0.1
     zero_init_residual_bn: bool = True
     # schedule
-    epochs: int = 40
+    epochs: int = 50
     batch_size: int = 256
     max_steps_per_epoch: int = 0  # 0 = full epochs (tests use a small number)
     resolutions: list[int] = field(default_factory=lambda: [96, 112, 128, 144, 160])
@@ -633,9 +633,9 @@ class PointwiseMatmulFunctional:
     Why: the elastic network meets hundreds of distinct 1x1 convolution shapes (10 block kinds x 3
     expand ratios x expand/project x 5 resolutions, plus the SE layers), and cuDNN's first call for
     each new shape costs ~1 s (plan building, measured on the H100). A 1x1 convolution in NCHW is
-    ``W[O,C] @ x[B,C,H*W]`` -- a cuBLAS batched GEMM whose first call costs milliseconds. Same
-    mathematics, same weights; depth-wise convolutions (native CUDA kernels in NCHW, not cuDNN) and
-    everything else go to ``torch.nn.functional`` unchanged.
+    ``W[O,C] @ x[b,C,H*W]`` for each b -- a cuBLAS strided-batched GEMM whose first call costs
+    milliseconds. Same mathematics, same weights; depth-wise convolutions (native CUDA kernels in
+    NCHW, not cuDNN) and everything else go to ``torch.nn.functional`` unchanged.
     """
 
     def __getattr__(self, name: str) -> Any:
@@ -658,7 +658,9 @@ class PointwiseMatmulFunctional:
         w2 = weight.reshape(o, c)
         if h == 1 and w == 1:
             return F.linear(input.reshape(b, c), w2, bias).reshape(b, o, 1, 1)
-        y = torch.matmul(w2, input.reshape(b, c, h * w)).reshape(b, o, h, w)
+        # explicit bmm with a stride-0 batch of W: no activation copies (torch.matmul would fold
+        # W @ x into a transposed mm and copy the activations twice when x requires grad)
+        y = torch.bmm(w2.unsqueeze(0).expand(b, o, c), input.reshape(b, c, h * w)).view(b, o, h, w)
         if bias is not None:
             y = y + bias.to(y.dtype).view(1, o, 1, 1)
         return y
