@@ -95,6 +95,22 @@ def test_bench_json_fields(table_path: Path, tmp_path: Path, capsys: pytest.Capt
     )
 
 
+@pytest.mark.cuda
+def test_bench_cuda_fields(table_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [
+        "--device", "cuda", "--table", str(table_path), "--model", "random", "--allow-random",
+        "--iterations", "5", "--warmup", "2", "--switches", "20", "--manager-samples", "50",
+        "--reference-switches", "4", "--reference-extractions", "2",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["device_kind"] == "cuda" and printed["table"]["profiled_on_other_device_kind"] is True
+    for row in printed["levels"]:
+        assert {"floor_ms_p50", "infer_over_floor"} <= set(row)
+        assert row["execution"]["mode"] == "cuda_graph"
+    assert {"set_active_subnet_bn", "get_active_subnet", "engine"} <= set(printed["reference_design"])
+
+
 def test_bench_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     if not (embedded.EMBEDDED_DIR / embedded.MANIFEST_NAME).exists():
         assert main(["--iterations", "1"]) == 2
