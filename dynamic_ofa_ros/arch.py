@@ -172,9 +172,13 @@ class SubnetConfig:
             resolution = data["resolution"] if "resolution" in data else data["r"]
             if isinstance(resolution, Sequence):  # OFA stores r as a one-element list
                 resolution = resolution[0]
-            return cls(resolution=int(resolution), ks=tuple(data["ks"]), e=tuple(data["e"]), d=tuple(data["d"]))
+            return cls(
+                resolution=int(resolution), ks=tuple(data["ks"]), e=tuple(data["e"]), d=tuple(data["d"])
+            )
         except KeyError as exc:
-            raise ArchitectureError(f"{where}: missing field {exc.args[0]!r} (need resolution, ks, e, d)") from exc
+            raise ArchitectureError(
+                f"{where}: missing field {exc.args[0]!r} (need resolution, ks, e, d)"
+            ) from exc
         except (TypeError, ValueError) as exc:
             if isinstance(exc, ArchitectureError):
                 raise ArchitectureError(f"{where}: {exc}") from exc
