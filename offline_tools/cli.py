@@ -78,9 +78,13 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--acc-r", type=float, default=d.acc_r, help=f"accuracy range (default {d.acc_r})")
     g.add_argument("--lat-init", type=float, help="initial latency constraint, ms (default: fastest network)")
     g.add_argument(
-        "--lat-add", type=float, help="constraint increment, ms (default: reach lat-max at itr-max)"
+        "--lat-add",
+        type=float,
+        help="constraint increment, ms (default: reach the target latency at itr-max)",
     )
-    g.add_argument("--lat-max", type=float, help="latency cap, ms (default: slowest network)")
+    g.add_argument(
+        "--lat-max", type=float, help="latency cap, ms (default: 1.05 x the most accurate network's)"
+    )
     g.add_argument("--itr-n", type=int, default=d.itr_n, help=f"iterations per increment (default {d.itr_n})")
     g.add_argument(
         "--itr-max", type=int, default=d.itr_max, help=f"max random iterations (default {d.itr_max})"

@@ -4,17 +4,20 @@ The search builds a *family* of Pareto-optimal sub-networks of the OFA MobileNet
 super-network for one device:
 
 1. **Anchors.** The fastest sub-network of the space (coordinate descent on the latency
-   source, exact for additive look-up tables) and the most accurate one (coordinate ascent on
-   the accuracy source; the largest network for measured accuracy) bound the sweep:
-   ``lat_init`` and ``lat_max`` default to their latencies, the accuracy targets span their
-   accuracies.
-2. **Sweep.** For each accuracy target ``acc_max`` (``targets`` of them, evenly spaced; or the
-   one ``acc_max`` given):
+   source at every resolution, exact for additive look-up tables) and the most accurate one
+   (coordinate ascent on the accuracy source; the largest network for measured accuracy) bound
+   the sweep: ``lat_init`` defaults to the fastest latency, ``lat_max`` to 1.05 × the latency of
+   the most accurate network (nothing slower can be on the front), and the accuracy targets span
+   their accuracies.
+2. **Sweep.** ``targets`` points ``i = 1..T``: accuracy target ``acc_max_i`` evenly spaced from
+   ``acc(fastest) + acc_r`` to ``acc(most accurate)`` and latency constraint ``L_i`` evenly spaced
+   in log-latency from ``lat_init`` to ``lat_max`` (or the one ``acc_max`` given, with ``lat_max``).
+   For each:
 
    * *Algorithm 1* (:func:`accuracy_constrained_random_search`): random architectures are
      accepted only when their accuracy lies in ``[acc_max - acc_r, acc_max]`` and their
      latency is below the current constraint ``lat_c``; ``lat_c`` starts at ``lat_init`` and
-     is relaxed by ``lat_add`` every ``itr_n`` iterations up to ``lat_max``; it stops when the
+     is relaxed by ``lat_add`` every ``itr_n`` iterations up to ``L_i``; it stops when the
      population is full or after ``itr_max`` iterations. Starting tight and relaxing finds the
      *fastest* architectures of that accuracy.
    * *Regularised evolution* (:func:`regularized_evolution`, Real et al. 2019) seeded with that
@@ -102,6 +105,21 @@ class Evaluator:
         self.accuracy_evaluations = 0
         self.latency_evaluations = 0
         self.requests = 0
+        self._latency: dict[str, float] = {}
+
+    def latencies(self, cfgs: Sequence[SubnetConfig]) -> list[float]:
+        """Latency of each of ``cfgs`` (cached per network), without evaluating accuracy."""
+        out = []
+        for cfg in cfgs:
+            key = cfg.key()
+            if key not in self._latency:
+                lat = float(self.latency.predict(cfg))
+                if not math.isfinite(lat):
+                    raise SearchError(f"{key}: non-finite latency {lat}")
+                self._latency[key] = lat
+                self.latency_evaluations += 1
+            out.append(self._latency[key])
+        return out
 
     def evaluate(self, cfgs: Sequence[SubnetConfig]) -> list[Candidate]:
         """Candidates for ``cfgs`` in order; new networks are evaluated once, in one accuracy batch."""
@@ -117,11 +135,9 @@ class Evaluator:
             if len(accs) != len(todo):
                 raise SearchError(f"accuracy source returned {len(accs)} values for {len(todo)} networks")
             self.accuracy_evaluations += len(todo)
-            for cfg, acc in zip(todo, accs, strict=True):
-                lat = float(self.latency.predict(cfg))
-                self.latency_evaluations += 1
-                if not (math.isfinite(acc) and math.isfinite(lat)):
-                    raise SearchError(f"{cfg.key()}: non-finite accuracy {acc} or latency {lat}")
+            for cfg, acc, lat in zip(todo, accs, self.latencies(todo), strict=True):
+                if not math.isfinite(acc):
+                    raise SearchError(f"{cfg.key()}: non-finite accuracy {acc}")
                 self.archive[cfg.key()] = Candidate(cfg, float(acc), lat)
         return [self.archive[cfg.key()] for cfg in cfgs]
 
@@ -140,8 +156,8 @@ class SearchSettings:
     """Parameters of :func:`search_family` (``None`` = derived from the anchors, see the module doc).
 
     ``acc_max`` given: one target (Algorithm 1 with exactly these constraints); otherwise a sweep
-    of ``targets`` accuracy targets. ``lat_add`` defaults to ``(lat_max - lat_init) * itr_n /
-    itr_max`` so the constraint reaches ``lat_max`` at ``itr_max``.
+    of ``targets`` accuracy targets. ``lat_add`` defaults to ``(L - lat_init) * itr_n /
+    itr_max`` so the constraint reaches the target's latency ``L`` at ``itr_max``.
     """
 
     acc_max: float | None = None
@@ -473,15 +489,16 @@ def replace_cfg(
 def find_extremes(
     space: SearchSpace, evaluator: Evaluator, *, optimise_accuracy: bool = True
 ) -> tuple[Candidate, Candidate, Candidate]:
-    """``(fastest, slowest, most accurate)`` by coordinate search (all are added to the archive).
+    """``(fastest, slowest, most accurate)`` by coordinate search (the three are added to the archive).
 
-    Latency tables are additive per block, so coordinate descent finds the exact fastest network.
+    The latency searches query only the latency source (no accuracy evaluation). Latency tables
+    are additive per block, so coordinate descent finds the exact fastest network.
     The most accurate is the coordinate ascent of the accuracy source from the largest network
     (just the largest network when ``optimise_accuracy`` is false, e.g. for measured accuracy).
     """
 
     def lat_score(sign: float) -> Callable[[Sequence[SubnetConfig]], list[float]]:
-        return lambda cfgs: [sign * c.latency_ms for c in evaluator.evaluate(cfgs)]
+        return lambda cfgs: [sign * v for v in evaluator.latencies(cfgs)]
 
     fastest = _coordinate_search(space.smallest(), space, lat_score(-1.0))
     slowest = _coordinate_search(space.largest(), space, lat_score(1.0))
@@ -501,20 +518,31 @@ def find_extremes(
 def _coordinate_search(
     start: SubnetConfig, space: SearchSpace, score: Callable[[Sequence[SubnetConfig]], list[float]]
 ) -> SubnetConfig:
-    """Coordinate ascent sweeping every gene group per pass until no group improves."""
-    best = start.canonical()
-    best_score = score([best])[0]
-    for _ in range(6):
-        improved = False
-        for g in range(_n_groups()):
-            group = _group_variants(best, space, g)
-            values = score(group)
-            i = max(range(len(group)), key=lambda j: (values[j], -j))
-            if values[i] > best_score + 1e-9 and not group[i].same_network(best):
-                best, best_score = group[i].canonical(), values[i]
-                improved = True
-        if not improved:
-            break
+    """Best of a coordinate ascent at every resolution of the space (ties: the earlier resolution).
+
+    At a fixed resolution the ascent sweeps the stage depths and every block's (kernel, expand)
+    until no single change improves; for an additive latency table that is the exact optimum at
+    that resolution (blocks are independent once the depths are fixed).
+    """
+    best: SubnetConfig | None = None
+    best_score = -math.inf
+    for resolution in space.resolutions:
+        cfg = replace_cfg(start, resolution=resolution).canonical()
+        cfg_score = score([cfg])[0]
+        for _ in range(6):
+            improved = False
+            for g in range(1, _n_groups()):
+                group = _group_variants(cfg, space, g)
+                values = score(group)
+                i = max(range(len(group)), key=lambda j: (values[j], -j))
+                if values[i] > cfg_score + 1e-9 and not group[i].same_network(cfg):
+                    cfg, cfg_score = group[i].canonical(), values[i]
+                    improved = True
+            if not improved:
+                break
+        if cfg_score > best_score + 1e-9:
+            best, best_score = cfg, cfg_score
+    assert best is not None
     return best
 
 
@@ -618,16 +646,21 @@ def search_family(
 ) -> SearchResult:
     """Anchors → sweep (Algorithm 1 + evolution per target) → Pareto front → levels (module doc).
 
-    Raises :class:`SearchError` (with the closest architecture found) when no target admits an
-    architecture, e.g. an ``acc_max`` above what the space reaches or a ``lat_max`` below the
-    fastest network.
+    Raises :class:`SearchError` (with the closest architecture found) when the constraints admit no
+    architecture: an explicit ``acc_max``/``acc_r`` band that Algorithm 1 never hits below
+    ``lat_max``, a ``lat_max`` below the fastest network, or no candidate above ``min_accuracy``.
+    In a sweep, a target whose band random sampling misses is still explored: its evolution is
+    seeded with the most accurate networks evaluated so far under its latency (``TargetRun.seeded``).
     """
     settings = settings or SearchSettings()
     started = time.perf_counter()
     ev = evaluator or Evaluator(accuracy, latency)
     fastest, slowest, top = find_extremes(space, ev, optimise_accuracy=not accuracy.measured)
     lat_init = settings.lat_init if settings.lat_init is not None else fastest.latency_ms
-    lat_max = settings.lat_max if settings.lat_max is not None else slowest.latency_ms
+    # the sweep ends a little above the most accurate network: nothing slower can be on the front
+    # (the slowest network of the space, often far slower, only bounds it)
+    default_max = min(slowest.latency_ms, max(top.latency_ms * 1.05, fastest.latency_ms * 1.01))
+    lat_max = settings.lat_max if settings.lat_max is not None else default_max
     notes: list[str] = []
     if lat_max < lat_init:
         raise SearchError(
@@ -700,7 +733,7 @@ def search_family(
         runs.append(run)
         bar.set_postfix(candidates=len(ev.archive))
     bar.close()
-    if not any(run.found for run in runs):
+    if settings.acc_max is not None and not any(run.found for run in runs):
         closest = min(
             (run.closest for run in runs if run.closest is not None),
             key=lambda c: min(

@@ -253,3 +253,53 @@ def test_calibrate_and_plot_commands(
     assert fig4.read_bytes().startswith(b"\x89PNG")
     assert main(["plot", "--table", str(out), "--labels", "a", "b", "--out", str(fig4)]) == 2
     assert "--labels" in one_error_line(capsys.readouterr().err)
+
+
+def test_build_end_to_end(ofa: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "config" / "levels" / "cpu.json"
+    summary = tmp_path / "summary.json"
+    argv = [
+        "build",
+        "--latency-table",
+        str(ofa["cpu"]),
+        "--accuracy-predictor",
+        str(ofa["predictor"]),
+        "--model",
+        "random",
+        "--allow-random",
+        "--resolutions",
+        "160",
+        "176",
+        "--levels",
+        "3",
+        "--calib",
+        str(ofa["val"]),
+        "--calib-images",
+        "4",
+        "--batch-size",
+        "4",
+        "--threads",
+        "1",
+        "--warmup",
+        "1",
+        "--iterations",
+        "2",
+        "--out",
+        str(out),
+        "--summary",
+        str(summary),
+        "--no-progress",
+        *["--itr-max", "200", "--itr-n", "100", "--generations", "2", "--population", "8", "--targets", "2"],
+    ]
+    assert main(argv) == 0
+    table = load_level_table(out)
+    assert 1 <= len(table.levels) <= 3 and table.bn is not None
+    assert table.extra["search"]["candidates"] > 100
+    data = json.loads(summary.read_text(encoding="utf-8"))
+    assert set(data["stages_seconds"]) >= {"load_model", "search", "calibrate"}
+    assert data["candidates_evaluated"] == table.extra["search"]["candidates"]
+    assert "wrote" in capsys.readouterr().out
+    # one of --latency-table / --profile-out is required; nothing is written on error
+    bad = tmp_path / "bad.json"
+    assert main(["build", "--model", "random", "--allow-random", "--out", str(bad)]) == 2
+    assert "--latency-table" in one_error_line(capsys.readouterr().err) and not bad.exists()
