@@ -10,6 +10,7 @@ import copy
 import random
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -281,3 +282,44 @@ def test_cuda_auto_precision(
         auto.switch(n)
         engine.switch(n)
         np.testing.assert_allclose(auto.infer(image).probs, engine.infer(image).probs, rtol=0, atol=0.01)
+
+
+# ------------------------------------------------------------------------- embedded model, real photos
+
+IMAGENETTE = {
+    "n01440764": 0, "n02102040": 217, "n02979186": 482, "n03000684": 491, "n03028079": 497,
+    "n03394916": 566, "n03417042": 569, "n03425413": 571, "n03445777": 574, "n03888257": 701,
+}  # fmt: skip
+
+
+def _photos(zip_path: Path, n: int, seed: int) -> list[tuple[np.ndarray, int]]:
+    import zipfile
+
+    from dynamic_ofa_ros.preprocess import decode_compressed
+
+    with zipfile.ZipFile(zip_path) as archive:
+        names = sorted(x for x in archive.namelist() if x.lower().endswith(".jpeg"))
+        random.Random(seed).shuffle(names)
+        return [
+            (decode_compressed(archive.read(name), fmt="jpeg"), IMAGENETTE[name.split("/")[-2]])
+            for name in names[:n]
+        ]
+
+
+@pytest.mark.slow
+def test_embedded_model_classifies_real_photos(shared_dir: Path) -> None:
+    """End to end with real weights: calibrate one level's BN on training photos, classify held-out photos."""
+    from dynamic_ofa_ros import embedded
+
+    if not (embedded.EMBEDDED_DIR / embedded.MANIFEST_NAME).exists():
+        pytest.skip("the embedded model is not in this checkout yet (offline_tools/train_supernet.py)")
+    data = shared_dir / "datasets" / "imagenette"
+    model = load_supernet("embedded")
+    calib = _photos(data / "train-128px-part2.zip", 128, seed=1)
+    batches = [np.stack([im for im, _ in calib[i : i + 64]]) for i in range(0, len(calib), 64)]
+    cfg = uniform(128, 5, 4, 3)
+    table = build_level_table(model, [cfg], calibration_batches=batches, warmup=0, iterations=1, threads=1)
+    engine = LevelEngine(model, table, threads=1, warmup=0)
+    val = _photos(data / "val-224px.zip", 60, seed=2)
+    correct = sum(int(engine.infer(im).probs.argmax() == label) for im, label in val)
+    assert correct / len(val) >= 0.6, f"top-1 {correct}/{len(val)} with the embedded model"

@@ -66,6 +66,19 @@ def test_embedded_missing_says_so(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
         load_supernet("embedded")
 
 
+def test_shipped_embedded_model_verifies() -> None:
+    if not (embedded.EMBEDDED_DIR / embedded.MANIFEST_NAME).exists():
+        pytest.skip("the embedded model is not in this checkout yet (offline_tools/train_supernet.py)")
+    manifest = embedded.read_manifest()
+    model = load_supernet("embedded")
+    assert model.sha256 == manifest["state_dict_sha256"]
+    assert model.meaningful_accuracy and model.source == "embedded"
+    assert model.resolutions == tuple(sorted(manifest["resolutions"]))
+    for shard in manifest["shards"]:
+        assert shard["bytes"] <= 15 * 2**20, f"{shard['file']} exceeds 15 MiB"
+    assert model.search_space().contains(model.search_space().smallest())
+
+
 def test_export_and_load_embedded_layout(rand: Supernet, tmp_path: Path) -> None:
     out = tmp_path / "emb"
     manifest = export_embedded(
