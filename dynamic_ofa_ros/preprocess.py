@@ -29,6 +29,7 @@ limit). Supported raw encodings: rgb8, bgr8, rgba8, bgra8, mono8.
 
 from __future__ import annotations
 
+import array
 import struct
 from collections.abc import Sequence
 
@@ -76,7 +77,7 @@ def _check_size(width: int, height: int, max_pixels: int, what: str) -> None:
 
 
 def image_from_buffer(
-    data: bytes | bytearray | memoryview | np.ndarray,
+    data: bytes | bytearray | memoryview | array.array[int] | np.ndarray,
     *,
     width: int,
     height: int,
@@ -87,6 +88,7 @@ def image_from_buffer(
 ) -> np.ndarray:
     """A ``sensor_msgs/Image`` buffer as an (H, W, 3) uint8 RGB array.
 
+    ``data`` may be anything exposing the buffer protocol (rclpy gives ``array.array("B")``).
     ``step`` is the row length in bytes (rows may be padded); ``len(data)`` must be
     ``step * height``. mono8 is replicated to three channels; alpha is dropped. For
     rgb8 without padding the result is a read-only view of ``data`` (no copy);
@@ -161,7 +163,7 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
 
 
 def decode_compressed(
-    data: bytes | bytearray | memoryview | np.ndarray,
+    data: bytes | bytearray | memoryview | array.array[int] | np.ndarray,
     *,
     fmt: str = "jpeg",
     max_pixels: int = DEFAULT_MAX_PIXELS,

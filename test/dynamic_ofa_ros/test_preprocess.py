@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import array
+
 import cv2
 import numpy as np
 import pytest
@@ -61,7 +63,7 @@ def test_mono8_is_replicated(pad: int) -> None:
 
 def test_memoryview_and_bytearray_inputs() -> None:
     data, step = pack(RGB, 0)
-    for buf in (memoryview(data), bytearray(data), np.frombuffer(data, np.uint8)):
+    for buf in (memoryview(data), bytearray(data), np.frombuffer(data, np.uint8), array.array("B", data)):
         np.testing.assert_array_equal(
             image_from_buffer(buf, width=7, height=5, step=step, encoding="rgb8"), RGB
         )
