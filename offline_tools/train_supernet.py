@@ -211,6 +211,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -658,6 +659,10 @@ class PointwiseMatmulFunctional:
         w2 = weight.reshape(o, c)
         if h == 1 and w == 1:
             return F.linear(input.reshape(b, c), w2, bias).reshape(b, o, 1, 1)
+        dev_type = input.device.type
+        if torch.is_autocast_enabled(dev_type):
+            # cast before expanding: autocast would materialise the expanded (b, o, c) weight
+            w2 = w2.to(torch.get_autocast_dtype(dev_type))
         # explicit bmm with a stride-0 batch of W: no activation copies (torch.matmul would fold
         # W @ x into a transposed mm and copy the activations twice when x requires grad)
         y = torch.bmm(w2.unsqueeze(0).expand(b, o, c), input.reshape(b, c, h * w)).view(b, o, h, w)
