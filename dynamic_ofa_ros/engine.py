@@ -27,6 +27,7 @@ next ``infer`` call uses the new level.
 from __future__ import annotations
 
 import copy
+import gc
 import threading
 import time
 from collections import OrderedDict
@@ -262,6 +263,8 @@ class LevelEngine:
                     best, best_ms = cand, ms
         assert best is not None
         best.memory_bytes = _module_bytes(best.module) + best.memory_bytes
+        del cand, variant  # release the losing candidates' graphs and pools
+        gc.collect()
         torch.cuda.empty_cache()
         return best
 
@@ -287,6 +290,7 @@ class LevelEngine:
         if runner.pool is None:
             runner.pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
+        torch.cuda.empty_cache()  # torch.cuda.graph() empties the cache too: measure from the same state
         before = torch.cuda.memory_reserved(self.device)
         with torch.no_grad(), torch.cuda.graph(graph, pool=runner.pool, capture_error_mode="thread_local"):
             fn()
