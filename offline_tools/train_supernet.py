@@ -1109,16 +1109,21 @@ def measure(ctx: Context, out_dir: Path, metrics: dict[str, Any], split_seed: in
         f"measure: {len(plan)} sub-networks planned ({n_calib} calibration batches each), "
         f"{ctx.remaining_s():.0f}s left"
     )
-    stopped = False
-    for i, (kind, arch) in enumerate(plan):
-        if elapsed_s() >= deadline:
-            stopped = True
-            break
-        top1 = calibrate_and_eval(ctx, arch, cfg.measure_calib_images)
-        results.append({**arch.to_dict(), "holdout_top1": round(top1, 2), "kind": kind, "key": arch.key()})
-        if (i + 1) % cfg.measure_flush_every == 0:
-            flush(False)
-    flush(not stopped)
+    stopped = True
+    try:
+        for i, (kind, arch) in enumerate(plan):
+            if elapsed_s() >= deadline:
+                break
+            top1 = calibrate_and_eval(ctx, arch, cfg.measure_calib_images)
+            results.append(
+                {**arch.to_dict(), "holdout_top1": round(top1, 2), "kind": kind, "key": arch.key()}
+            )
+            if (i + 1) % cfg.measure_flush_every == 0:
+                flush(False)
+        else:
+            stopped = False
+    finally:
+        flush(not stopped)  # an exception keeps what was measured (marked incomplete)
     secs = elapsed_s() - t0
     metrics["measure"] = {
         "planned": len(plan),
