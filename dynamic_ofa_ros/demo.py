@@ -725,16 +725,18 @@ def run(args: argparse.Namespace) -> int:
         top = [s for s in warm if s.level == n] or warm
         slowdown = statistics.median(s.inference_ms for s in top) / lat[-1] if top else 1.0
         overhead = statistics.median(s.latency_ms - s.inference_ms for s in top) if top else 0.0
-        overhead_frac = overhead / max(statistics.median(s.inference_ms for s in top), 1e-6) if top else 0.5
 
         def predicted(level: int) -> float:
-            model = lat[level - 1] * max(slowdown, 0.5)
-            return model * (1.0 + overhead_frac)
+            """Expected end-to-end latency of ``level`` here: profiled x measured slow-down + overhead."""
+            return lat[level - 1] * max(slowdown, 0.5) + max(overhead, 0.0)
 
-        tight = predicted(1) * 1.3
+        def between(level: int) -> float:
+            """A budget half-way between ``level`` and the next one (only ``level`` and below fit)."""
+            return (predicted(level) + predicted(level + 1)) / 2 if level < n else predicted(level) * 1.3
+
+        tight = between(1)
         loose = predicted(n) * 1.5
-        medium_level = max(2, (n + 1) // 2) if n > 2 else n
-        medium = predicted(medium_level) * 1.2
+        medium = between(max(1, (n + 1) // 2))
         print(
             f"[demo] measured: inference x{slowdown:.2f} of the table, overhead {overhead:.1f} ms "
             f"(queueing + conversion); budgets tight {tight:.1f}, loose {loose:.1f}, medium {medium:.1f} ms",
