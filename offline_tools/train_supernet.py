@@ -1300,6 +1300,11 @@ def _run(args: argparse.Namespace, cfg: TrainConfig, argv: Sequence[str] | None)
         "config_file": str(args.config) if args.config else None,
         "environment": environment_info(device),
         "git": git_info(repo),
+        # the device copy of the tree may have no .git: identify the code and config by content too
+        "source_sha256": {
+            "offline_tools/train_supernet.py": sha256_file(Path(__file__).resolve()),
+            "config": sha256_file(args.config) if args.config else None,
+        },
         "seeds": {"seed": cfg.seed, "split_seed": cfg.split_seed, "python/numpy/torch": cfg.seed},
         "timings": {},
         "warnings": [],
@@ -1449,6 +1454,7 @@ def _run(args: argparse.Namespace, cfg: TrainConfig, argv: Sequence[str] | None)
             "config": cfg.to_dict(),
             "command": metrics["command"],
             "git": metrics["git"],
+            "source_sha256": metrics["source_sha256"],
             "seeds": metrics["seeds"],
             "environment": env,
             "steps": metrics.get("training", {}).get("steps_done"),
