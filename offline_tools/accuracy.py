@@ -27,7 +27,8 @@ import json
 import math
 import os
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -91,6 +92,17 @@ class AccuracySource(Protocol):
     def predict(self, cfgs: Sequence[SubnetConfig]) -> list[float]:
         """Top-1 accuracy in percent of each of ``cfgs``, in order."""
         ...
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run small MLP work on one CPU thread: with more, tiny matmuls spend most time synchronising."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 # --------------------------------------------------------------------------------------------
@@ -202,6 +214,18 @@ OFA_ENCODING = PredictorEncoding()
 # --------------------------------------------------------------------------------------------
 
 
+def _range_of(value: Any, *, where: str) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise AccuracyPredictorError(f"{where}: output_range {value!r} is not [low, high]") from None
+    if not lo <= hi:
+        raise AccuracyPredictorError(f"{where}: output_range {value!r} has low > high")
+    return lo, hi
+
+
 def _build_mlp(n_inputs: int, hidden: int, n_layers: int) -> nn.Sequential:
     layers: list[nn.Module] = []
     width = n_inputs
@@ -259,6 +283,7 @@ class MLPAccuracyPredictor:
     dataset_name: str = "ImageNet (OFA accuracy predictor)"
     sha256: str = ""
     resolutions: tuple[int, ...] | None = None
+    output_range: tuple[float, float] | None = None
     fit_report: dict[str, Any] | None = None
     source: str = ""
     _cache: dict[str, float] = field(default_factory=dict, init=False, repr=False)
@@ -301,9 +326,14 @@ class MLPAccuracyPredictor:
         if not cfgs:
             return np.zeros(0, dtype=np.float64)
         feats = torch.from_numpy(self.encoding.encode(cfgs))
-        with torch.no_grad():
+        with torch.no_grad(), _one_thread():
             out: np.ndarray = self.model(feats).reshape(-1).double().numpy()
-        return np.asarray(out * self.output_scale + self.output_offset, dtype=np.float64)
+        values = out * self.output_scale + self.output_offset
+        if self.output_range is not None:
+            # a fitted predictor is only trusted within what was measured: a search must not climb
+            # into its extrapolation (the most "accurate" networks would be artefacts)
+            values = np.clip(values, self.output_range[0], self.output_range[1])
+        return np.asarray(values, dtype=np.float64)
 
     def predict(self, cfgs: Sequence[SubnetConfig]) -> list[float]:
         """Predicted top-1 (percent) of each of ``cfgs``."""
@@ -322,6 +352,8 @@ class MLPAccuracyPredictor:
         }
         if self.resolutions:
             info["resolutions"] = list(self.resolutions)
+        if self.output_range:
+            info["output_range"] = list(self.output_range)
         if self.fit_report:
             info["fit"] = self.fit_report
         return info
@@ -410,6 +442,7 @@ class MLPAccuracyPredictor:
             dataset_name=str(meta.get("dataset", "fitted predictor")),
             sha256=sha256_file(file),
             resolutions=tuple(int(r) for r in resolutions) if resolutions else None,
+            output_range=_range_of(meta.get("output_range"), where=str(file)),
             fit_report=meta.get("fit"),
             source=str(file),
         )
@@ -432,6 +465,7 @@ class MLPAccuracyPredictor:
             "output_scale": self.output_scale,
             "output_offset": self.output_offset,
             "resolutions": list(self.resolutions) if self.resolutions else None,
+            "output_range": list(self.output_range) if self.output_range else None,
             "fit": self.fit_report,
         }
         tensors = {k: v.detach().float().contiguous() for k, v in self.model.state_dict().items()}
@@ -544,6 +578,36 @@ def _train_mlp(
     progress: bool,
     desc: str,
 ) -> nn.Sequential:
+    with _one_thread():
+        return _train_mlp_loop(
+            x,
+            y,
+            hidden=hidden,
+            n_layers=n_layers,
+            epochs=epochs,
+            lr=lr,
+            weight_decay=weight_decay,
+            batch_size=batch_size,
+            seed=seed,
+            progress=progress,
+            desc=desc,
+        )
+
+
+def _train_mlp_loop(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    hidden: int,
+    n_layers: int,
+    epochs: int,
+    lr: float,
+    weight_decay: float,
+    batch_size: int,
+    seed: int,
+    progress: bool,
+    desc: str,
+) -> nn.Sequential:
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -583,6 +647,7 @@ def fit_mlp_predictor(
     name: str = "fitted",
     dataset: str = "measured records",
     target_key: str = "holdout_top1",
+    clip_to_records: bool = True,
     progress: bool = True,
 ) -> MLPAccuracyPredictor:
     """Fit an MLP predictor (same encoding family as OFA's) on measured ``(architecture, top-1)`` records.
@@ -591,7 +656,9 @@ def fit_mlp_predictor(
     duplicates of one network are averaged. A seeded ``holdout_fraction`` of the networks is held
     out: the MLP trained on the rest gives the reported held-out RMSE (points) and Spearman rank
     correlation (``fit_report``). With ``refit_all`` the returned model is then retrained on all
-    records with the same settings (the report still describes the held-out check).
+    records with the same settings (the report still describes the held-out check). With
+    ``clip_to_records`` predictions are clamped to the measured accuracy range (the search would
+    otherwise climb into the MLP's optimistic extrapolation above the best measured network).
     """
     if records and isinstance(records[0], Mapping):
         pairs = parse_accuracy_records(records, target_key=target_key)
@@ -666,6 +733,7 @@ def fit_mlp_predictor(
         name=name,
         dataset_name=dataset,
         resolutions=tuple(report["resolutions"]),  # type: ignore[arg-type]
+        output_range=(float(y.min()), float(y.max())) if clip_to_records else None,
         fit_report=report,
     )
 

@@ -94,37 +94,50 @@ def measure_engine_latency(
     cuda_graphs: bool = True,
     warmup: int = 10,
     iterations: int = 50,
+    rounds: int = 5,
     progress: bool = True,
 ) -> tuple[dict[int, tuple[float, float]], dict[str, Any]]:
     """``{level: (p50 ms, p95 ms)}`` of every level through the runtime engine, and the engine's mode.
 
-    Each level is switched to, run ``warmup`` frames, then ``iterations`` timed frames of ``image``
-    (only frames that ran on that level count).
+    Every level first runs ``warmup`` frames of ``image``; then ``rounds`` passes over the levels
+    each time ``iterations / rounds`` timed frames per level (after one untimed frame following
+    the switch), so that a slow period of a shared machine hits all levels alike rather than
+    one. Only frames that ran on the intended level count.
     """
     from dynamic_ofa_ros.engine import LevelEngine
 
     engine = LevelEngine(
         supernet, table, device=device, threads=threads, cuda_graphs=cuda_graphs, check_device=False
     )
-    results: dict[int, tuple[float, float]] = {}
+    samples: dict[int, list[float]] = {lv.level: [] for lv in table.levels}
+    rounds = max(1, min(rounds, iterations))
+    per_round = [iterations // rounds + (1 if r < iterations % rounds else 0) for r in range(rounds)]
     try:
-        for lv in tqdm(table.levels, desc="latency", disable=not progress, leave=False):
+        for lv in table.levels:
             engine.switch(lv.level)
-            samples: list[float] = []
             for _ in range(warmup):
                 engine.infer(image)
-            guard = 0
-            while len(samples) < iterations and guard < iterations * 3:
-                guard += 1
-                res = engine.infer(image)
-                if res.level == lv.level:
-                    samples.append(float(res.inference_ms))
-            if not samples:
-                raise CalibrationError(
-                    f"level {lv.level}: the engine never ran it; cannot measure its latency"
-                )
-            stats = summarize(samples)
-            results[lv.level] = (stats["p50"], max(stats["p95"], stats["p50"]))
+        bar = tqdm(total=iterations * len(table.levels), desc="latency", disable=not progress, leave=False)
+        for count in per_round:
+            for lv in table.levels:
+                engine.switch(lv.level)
+                engine.infer(image)  # the switch takes effect on this frame; not timed
+                got = 0
+                for _ in range(count * 3):
+                    if got == count:
+                        break
+                    res = engine.infer(image)
+                    if res.level == lv.level:
+                        samples[lv.level].append(float(res.inference_ms))
+                        got += 1
+                bar.update(count)
+        bar.close()
+        results: dict[int, tuple[float, float]] = {}
+        for level, values in samples.items():
+            if not values:
+                raise CalibrationError(f"level {level}: the engine never ran it; cannot measure its latency")
+            stats = summarize(values)
+            results[level] = (stats["p50"], max(stats["p95"], stats["p50"]))
         mode = _engine_mode(engine)
     finally:
         close = getattr(engine, "close", None)
@@ -155,21 +168,28 @@ def calibrate_levels(
     validation: ImageSet | None = None,
     device: str = "cpu",
     threads: int | None = None,
+    compute_threads: int | None = None,
     cuda_graphs: bool = True,
     batch_size: int = 64,
     warmup: int = 10,
     iterations: int = 50,
     latency_from: LevelTable | None = None,
     device_label: str | None = None,
+    min_step: float = 0.0,
     extra: Mapping[str, Any] | None = None,
     progress: bool = True,
 ) -> CalibrationResult:
     """Calibrate, evaluate and profile every level of ``family`` (see the module docstring).
 
+    ``threads`` is the engine's CPU thread count (what the latencies are measured with);
+    ``compute_threads`` the thread count of BN calibration and evaluation (default: ``threads``,
+    else torch's current setting) — e.g. all cores for the offline work, 1 for the latency.
     ``family``: a level table/family (its ``predicted_accuracy`` values are kept) or architectures.
     ``validation``: labelled images for top-1 (``None``: no accuracy measured). ``latency_from``:
     copy ``latency_ms``/``latency_p95_ms`` of the same architectures from that table (and its
-    ``profiling``/``device``) instead of measuring here. Returns the table (not yet written).
+    ``profiling``/``device``) instead of measuring here. ``min_step``: also drop a level less than
+    this many points more accurate than the previous kept one (default 0: the measured Pareto
+    front). Returns the table (not yet written).
     """
     from dynamic_ofa_ros import bn
 
@@ -218,7 +238,7 @@ def calibrate_levels(
                 f"architectures (e.g. {missing[0]}); it must be a table of the same family"
             )
 
-    previous_threads = _with_threads(threads)
+    previous_threads = _with_threads(compute_threads if compute_threads is not None else threads)
     seconds: dict[str, float] = {}
     states: dict[str, dict[str, torch.Tensor]] = {}
     macs: dict[str, float] = {}
@@ -244,6 +264,8 @@ def calibrate_levels(
                 )
             del module
         seconds["calibrate_and_evaluate"] = time.perf_counter() - t0
+        torch.set_num_threads(previous_threads)
+        _with_threads(threads)
 
         dataset = validation.name if measure_accuracy and validation is not None else None
         provisional = [
@@ -309,17 +331,20 @@ def calibrate_levels(
         key = cfg.key()
         rank = accuracy.get(key, predicted.get(key))
         rank_value = -math.inf if rank is None else rank
-        faster = lat[key][0] > last_lat
-        better = rank is None or rank_value > last_acc
-        if faster and better:
+        slower = lat[key][0] > last_lat
+        better = rank is None or rank_value > last_acc + (min_step if math.isfinite(last_acc) else 0.0)
+        if slower and better:
             kept.append(cfg)
             last_lat, last_acc = lat[key][0], rank_value
         else:
-            why = "not faster than" if not faster else "not more accurate than"
-            dropped.append(
-                f"{cfg.summary()} ({lat[key][0]:.3f} ms, {rank if rank is not None else 'n/a'} %): "
-                f"{why} a faster level"
-            )
+            if not slower:
+                why = "same latency as a kept level"
+            elif min_step > 0:
+                why = f"not {min_step:g} points more accurate than a faster level"
+            else:
+                why = "not more accurate than a faster level"
+            shown = "n/a" if rank is None else f"{rank:.2f}"
+            dropped.append(f"{cfg.summary()} ({lat[key][0]:.3f} ms, {shown} %): {why}")
     levels = []
     bn_by_level: dict[int, dict[str, torch.Tensor]] = {}
     for n, cfg in enumerate(kept, start=1):

@@ -140,7 +140,12 @@ def _add_model_args(p: argparse.ArgumentParser, *, required: bool) -> None:
     )
     g.add_argument("--allow-random", action="store_true", help="accept random weights (latency-only work)")
     g.add_argument("--torch-device", default="cpu", help="where to run the model: cpu, cuda, cuda:N")
-    g.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    g.add_argument("--threads", type=int, help="CPU threads of the engine / latency (default: torch's)")
+    g.add_argument(
+        "--compute-threads",
+        type=int,
+        help="CPU threads of BN calibration and evaluation (default: --threads)",
+    )
     g.add_argument("--batch-size", type=int, default=64, help="batch size of calibration/evaluation")
 
 
@@ -202,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--hidden", type=int, default=400)
     f.add_argument("--name", default="fitted", help="predictor name stored in its metadata")
     f.add_argument("--dataset", help="what the accuracy refers to (default: from the records file)")
+    f.add_argument(
+        "--no-clip", action="store_true", help="do not clamp predictions to the measured accuracy range"
+    )
 
     c = sub.add_parser("calibrate", help="BN calibration + top-1 + latency per level → level table")
     c.add_argument("--family", required=True, help="family JSON from `dofa-levels search` (or a level table)")
@@ -212,6 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--iterations", type=int, default=50, help="timed frames per level")
     c.add_argument("--no-cuda-graphs", action="store_true", help="CUDA: run eagerly")
     c.add_argument("--summary", help="write the run summary JSON here")
+    c.add_argument(
+        "--min-step",
+        type=float,
+        default=0.0,
+        help="drop levels less than this many measured points above the previous (default 0)",
+    )
     _add_model_args(c, required=True)
     _add_images_args(c, calib_default=2000)
 
@@ -239,6 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--report", help="write the search report here")
     b.add_argument("--plot", help="write Fig. 3 here")
     b.add_argument("--summary", help="write the run summary JSON here")
+    b.add_argument(
+        "--calib-min-step",
+        type=float,
+        default=0.0,
+        help="after calibration drop levels less than this many measured points above the previous",
+    )
     b.add_argument("--warmup", type=int, default=10)
     b.add_argument("--iterations", type=int, default=50, help="timed frames per level")
     b.add_argument("--no-cuda-graphs", action="store_true", help="CUDA: run eagerly")
@@ -669,6 +689,7 @@ def _cmd_fit_predictor(args: argparse.Namespace) -> int:
         holdout_fraction=args.holdout_fraction,
         name=args.name,
         dataset=dataset,
+        clip_to_records=not args.no_clip,
         progress=not args.no_progress,
     )
     predictor.save(args.out)
@@ -696,12 +717,14 @@ def _calibrate(
         validation=validation,
         device=args.torch_device,
         threads=args.threads,
+        compute_threads=args.compute_threads,
         cuda_graphs=not args.no_cuda_graphs,
         batch_size=args.batch_size,
         warmup=args.warmup,
         iterations=args.iterations,
         latency_from=latency_from,
         device_label=device_label,
+        min_step=getattr(args, "calib_min_step", getattr(args, "min_step", 0.0)),
         progress=not args.no_progress,
     )
 

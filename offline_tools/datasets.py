@@ -197,12 +197,19 @@ def _select(
     return members
 
 
+def _list_tag(spec: Any) -> str:
+    """A file list as it appears in a source's name: the file's name (no folders) or a count."""
+    if isinstance(spec, str | os.PathLike):
+        return Path(spec).name
+    return f"{len(spec)} names"
+
+
 def _subset_tag(files: Any, exclude: Any, sample: int | None, limit: int | None, seed: int) -> str:
     parts = []
     if files is not None:
-        parts.append(f"files={files if isinstance(files, str | os.PathLike) else len(files)}")
+        parts.append(f"files={_list_tag(files)}")
     if exclude is not None:
-        parts.append(f"exclude={exclude if isinstance(exclude, str | os.PathLike) else len(exclude)}")
+        parts.append(f"exclude={_list_tag(exclude)}")
     if sample is not None:
         parts.append(f"sample={sample}@{seed}")
     if limit is not None:
@@ -614,14 +621,16 @@ def open_image_source(
 class ImageSet:
     """Decoded images (and labels) of a source, held in memory; batches them at any resolution.
 
-    The input tensors of the last resolution used are kept (``cache=True``), so evaluating
-    several networks of one resolution preprocesses the images once.
+    The input tensors of the last resolution used are kept (``cache=True``, when they take at
+    most ``cache_bytes``), so evaluating several networks of one resolution preprocesses the
+    images once.
     """
 
     name: str
     images: list[np.ndarray]
     labels: list[int] | None
     cache: bool = True
+    cache_bytes: int = 1536 * 2**20
     _cached: tuple[int, str, int, list[torch.Tensor]] | None = field(default=None, init=False, repr=False)
 
     @classmethod
@@ -655,21 +664,19 @@ class ImageSet:
 
         dev = str(torch.device(device))
         if self._cached is not None and self._cached[:3] == (resolution, dev, batch_size):
-            tensors = self._cached[3]
-        else:
-            self._cached = None
-            tensors = []
-            for start in range(0, len(self.images), batch_size):
-                batch = to_input_batch(self._stacked(start, batch_size), resolution=resolution, device=device)
-                if not self.cache:
-                    yield batch, self._label_batch(start, batch_size)
-                    continue
+            for i, batch in enumerate(self._cached[3]):
+                yield batch, self._label_batch(i * batch_size, batch_size)
+            return
+        self._cached = None  # free the previous resolution's tensors before making new ones
+        use_cache = self.cache and len(self.images) * 3 * resolution * resolution * 4 <= self.cache_bytes
+        tensors: list[torch.Tensor] = []
+        for start in range(0, len(self.images), batch_size):
+            batch = to_input_batch(self._stacked(start, batch_size), resolution=resolution, device=device)
+            if use_cache:
                 tensors.append(batch)
-            if not self.cache:
-                return
+            yield batch, self._label_batch(start, batch_size)
+        if use_cache:  # only reached when the caller consumed every batch
             self._cached = (resolution, dev, batch_size, tensors)
-        for i, batch in enumerate(tensors):
-            yield batch, self._label_batch(i * batch_size, batch_size)
 
     def _stacked(self, start: int, size: int) -> np.ndarray | list[np.ndarray]:
         """One (N, H, W, 3) array when the images share a size (batched resize), else the list."""

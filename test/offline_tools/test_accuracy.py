@@ -181,6 +181,12 @@ def test_fit_predictor_reports_holdout_quality_and_round_trips(tmp_path: Path) -
     loaded = MLPAccuracyPredictor.load(path)
     assert loaded.predict(cfgs) == pytest.approx(predictor.predict(cfgs), abs=1e-5)
     assert loaded.encoding == predictor.encoding
+    # clamped to the measured range: the search cannot climb into the MLP's extrapolation
+    accs = [float(r["holdout_top1"]) for r in records]  # type: ignore[arg-type]
+    assert loaded.output_range == predictor.output_range == (min(accs), max(accs))
+    many = loaded.predict([EMBEDDED_SPACE.sample(random.Random(i)) for i in range(300)])
+    assert min(accs) <= min(many) and max(many) <= max(accs)
+    assert loaded.predict([EMBEDDED_SPACE.largest()])[0] <= max(accs)
     assert loaded.fit_report is not None
     assert loaded.fit_report["holdout_rmse"] == pytest.approx(report["holdout_rmse"])
     with pytest.raises(AccuracyPredictorError, match="outside"):

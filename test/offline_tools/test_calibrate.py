@@ -100,6 +100,12 @@ def test_calibrate_random_supernet_end_to_end(tmp_path: Path, supernet: Supernet
     assert copied.table.device_name == loaded.device_name
     assert "latency" in copied.seconds and copied.table.levels[0].predicted_accuracy is None
 
+    spaced = calibrate_levels(
+        supernet, family_table(), calibration=images, latency_from=loaded, min_step=6.0, progress=False
+    )
+    assert [lv.predicted_accuracy for lv in spaced.table.levels] == [70.0, 80.0]
+    assert len(spaced.dropped) == 1 and "not 6 points more accurate" in spaced.dropped[0]
+
 
 def test_measured_accuracy_levels_keep_a_pareto_front(supernet: Supernet, images: ImageSet) -> None:
     pretend = dataclasses.replace(supernet, meaningful_accuracy=True)

@@ -177,6 +177,8 @@ def test_image_set_batches_match_engine_preprocessing(tmp_path: Path) -> None:
     assert torch.allclose(batches[1][0][1:2], single, atol=1e-5)
     again = list(images.batches(64, batch_size=4))
     assert again[0][0] is batches[0][0]  # cached for the same resolution
+    images.cache_bytes = 1  # too large to keep: preprocessed again
+    assert list(images.batches(32, batch_size=4))[0][0] is not list(images.batches(32, batch_size=4))[0][0]
     mixed = ImageSet(name="mixed", images=[image(1, (20, 10)), image(2, (30, 40))], labels=[1, 2])
     ((x, y),) = list(mixed.batches(32, batch_size=8))
     assert x.shape == (2, 3, 32, 32) and y is not None and y.tolist() == [1, 2]
