@@ -403,10 +403,10 @@ def _accuracy_source(
         raise UsageError(
             "give --accuracy-predictor FILE, or --model with validation images for measured accuracy"
         )
-    validation = _image_set(args, "val", paths=val_paths, files=val_files, limit=val_limit, required=True)
-    calibration = _image_set(args, "calib", required=True)
     if not model.meaningful_accuracy:
         raise UsageError("a measured-accuracy search needs real weights, not a random super-network")
+    validation = _image_set(args, "val", paths=val_paths, files=val_files, limit=val_limit, required=True)
+    calibration = _image_set(args, "calib", required=True)
     source: Any = MeasuredAccuracy(
         model,
         validation=validation,

@@ -157,6 +157,10 @@ def test_search_errors_are_one_line_and_leave_no_file(
 
     assert main([*base, *pred, "--score", str(tmp_path / "a.json")]) == 2
     assert "exactly one" in one_error_line(capsys.readouterr().err)
+
+    measured = ["--model", "random", "--allow-random", "--val", str(ofa["val"]), "--calib", str(ofa["val"])]
+    assert main([*base, *measured]) == 2
+    assert "real weights" in one_error_line(capsys.readouterr().err)
     assert not out.exists() and not list(tmp_path.glob(".*tmp"))
 
 
