@@ -46,7 +46,7 @@ import tempfile
 import time
 import traceback
 import zipfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -65,6 +65,9 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dynamic_ofa_ros.arch import N_BLOCKS, N_STAGES, SUPERNET_NAME, SearchSpace, SubnetConfig  # noqa: E402
+from dynamic_ofa_ros.bn import calibrate_bn  # noqa: E402
+from dynamic_ofa_ros.preprocess import to_input_batch  # noqa: E402
+from dynamic_ofa_ros.supernet import export_embedded  # noqa: E402
 
 # Imagenette wnid -> ImageNet-1k class index (see ../shared/README.md).
 IMAGENETTE_TO_IMAGENET: dict[str, int] = {
@@ -83,7 +86,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SPLIT_FORMAT = "dynamic_ofa_ros.imagenette_split"
 ACCURACY_FORMAT = "dynamic_ofa_ros.subnet_accuracy"
-EMBEDDED_FORMAT = "dynamic_ofa_ros.embedded_supernet"
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 SPLIT_FILE = "split.json"
 ACCURACY_FILE = "subnet_accuracy.json"
@@ -475,21 +477,8 @@ def _mean_std(device: torch.device) -> tuple[Tensor, Tensor]:
 
 
 def eval_preprocess(images_u8: Tensor, resolution: int) -> Tensor:
-    """The runtime's preprocessing of an ``N x 3 x H x W`` uint8 batch (on its device).
-
-    ``dynamic_ofa_ros.preprocess.to_input_batch``: bilinear antialiased resize to ``r x r``, ImageNet
-    mean/std. The local fallback (same definition) is used only if the core is not importable.
-    """
-    try:
-        from dynamic_ofa_ros.preprocess import to_input_batch
-    except ImportError:  # pragma: no cover - only if the core package is broken at run time
-        x = images_u8.float().div_(255.0)
-        if x.shape[-1] != resolution or x.shape[-2] != resolution:
-            x = F.interpolate(
-                x, size=(resolution, resolution), mode="bilinear", align_corners=False, antialias=True
-            )
-        mean, std = _mean_std(x.device)
-        return (x - mean) / std
+    """The runtime's preprocessing (``dynamic_ofa_ros.preprocess.to_input_batch``) of an ``N x 3 x H x W``
+    uint8 batch on its device: bilinear antialiased resize to ``r x r``, ImageNet mean/std."""
     return to_input_batch(images_u8.permute(0, 2, 3, 1), resolution=resolution, device=images_u8.device)
 
 
@@ -941,36 +930,6 @@ def _padded_batches(idx: Tensor, bsz: int) -> list[tuple[Tensor, int]]:
     return out
 
 
-def _local_calibrate_bn(module: nn.Module, batches: Iterable[Tensor]) -> int:
-    """Same semantics as ``dynamic_ofa_ros.bn.calibrate_bn`` (fallback if the core is not importable)."""
-    bns = bn_modules(module)
-    momenta = [bn.momentum for bn in bns]
-    module.eval()
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None
-        bn.train()
-    used = 0
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                module(batch)
-                used += int(batch.shape[0])
-    finally:
-        for bn, momentum in zip(bns, momenta, strict=True):
-            bn.momentum = momentum
-        module.eval()
-    return used
-
-
-def calibrate_bn(module: nn.Module, batches: Iterable[Tensor]) -> int:
-    try:
-        from dynamic_ofa_ros.bn import calibrate_bn as core_calibrate_bn
-    except ImportError:  # pragma: no cover - only if the core package is broken at run time
-        return _local_calibrate_bn(module, batches)
-    return core_calibrate_bn(module, batches)
-
-
 def calibrate_and_eval(ctx: Context, arch: SubnetConfig, n_calib: int) -> float:
     """Reset BN, cumulative-average statistics on ``n_calib`` calibration images, hold-out top-1 (%).
 
@@ -1143,93 +1102,16 @@ def measure(ctx: Context, out_dir: Path, metrics: dict[str, Any], split_seed: in
 # export
 
 
-def _local_state_dict_sha256(state: Mapping[str, Tensor]) -> str:
-    """Copy of ``dynamic_ofa_ros.supernet.state_dict_sha256`` (definition v1) for the fallback exporter."""
-    digest = hashlib.sha256(b"dynamic_ofa_ros.state_dict_sha256.v1\n")
-    for key in sorted(state):
-        tensor = state[key]
-        if not tensor.is_floating_point():
-            continue
-        values = tensor.detach().to(device="cpu", dtype=torch.float32).contiguous().numpy()
-        digest.update(key.encode("utf-8") + b"\n" + ",".join(str(s) for s in values.shape).encode() + b"\n")
-        digest.update(values.astype("<f4", copy=False).tobytes())
-    return digest.hexdigest()
-
-
-def export_local(net: nn.Module, out_dir: Path, *, shard_mb: float, metadata: Mapping[str, Any]) -> Path:
-    """Fallback exporter, used only if ``dynamic_ofa_ros.supernet.export_embedded`` fails or is missing.
-
-    Writes the same layout as ``dynamic_ofa_ros.embedded.write_embedded``: every floating tensor as
-    fp16, greedy shards ``supernet-NNNN.safetensors`` <= ``shard_mb`` MiB, ``manifest.json`` with
-    per-shard sha256/bytes and the v1 ``state_dict_sha256`` of the fp16-rounded weights.
-    """
-    from safetensors.torch import save
-
-    state = {
-        k: v.detach().to("cpu", torch.float16).contiguous()
-        for k, v in net.state_dict().items()
-        if v.is_floating_point()
-    }
-    limit = int(shard_mb * (1 << 20)) - (1 << 18)  # header headroom
-    shards: list[dict[str, Tensor]] = [{}]
-    size = 0
-    for k, v in state.items():
-        nbytes = v.numel() * v.element_size()
-        if nbytes > limit:
-            raise ValueError(f"tensor {k} ({nbytes} bytes) exceeds one shard")
-        if size + nbytes > limit and shards[-1]:
-            shards.append({})
-            size = 0
-        shards[-1][k] = v
-        size += nbytes
-    entries = []
-    for i, shard in enumerate(shards):
-        name = f"supernet-{i:04d}.safetensors"
-        blob = save(shard)
-        atomic_write_bytes(out_dir / name, blob)
-        sha = hashlib.sha256(blob).hexdigest()
-        entries.append({"file": name, "sha256": sha, "bytes": len(blob), "tensors": len(shard)})
-    ofa_net: Any = net
-    fields: dict[str, Any] = {
-        "format": EMBEDDED_FORMAT,
-        "version": 1,
-        "name": SUPERNET_NAME,
-        "dtype": "float16",
-        "shards": entries,
-        "state_dict_sha256": _local_state_dict_sha256(state),
-        "n_classes": int(ofa_net.classifier.linear.out_features),
-        "width_mult": float(ofa_net.width_mult),
-        "ks_list": [int(v) for v in ofa_net.ks_list],
-        "expand_ratio_list": [int(v) for v in ofa_net.expand_ratio_list],
-        "depth_list": [int(v) for v in ofa_net.depth_list],
-        "exporter": "offline_tools.train_supernet.export_local (fallback)",
-    }
-    for key, value in metadata.items():
-        fields.setdefault(key, value)
-    path = out_dir / "manifest.json"
-    atomic_write_json(path, fields)
-    return path
-
-
 def export(ctx: Context, out_dir: Path, metadata: Mapping[str, Any], metrics: dict[str, Any]) -> None:
-    used = "local fallback"
+    """Write the embedded layout with the core's ``export_embedded`` (the one exporter)."""
     cpu_net = copy.deepcopy(ctx.net).cpu().eval()
     set_subnet(cpu_net, ctx.space.largest())
-    try:
-        from dynamic_ofa_ros.supernet import export_embedded
-
-        export_embedded(cpu_net, out_dir, shard_mb=ctx.cfg.shard_mb, metadata=dict(metadata))
-        used = "dynamic_ofa_ros.supernet.export_embedded"
-    except Exception as exc:  # never lose the run: the fallback writes the same layout
-        metrics.setdefault("warnings", []).append(
-            f"export_embedded failed ({exc!r}); used the local exporter"
-        )
-        traceback.print_exc()
-        export_local(cpu_net, out_dir, shard_mb=ctx.cfg.shard_mb, metadata=metadata)
+    export_embedded(cpu_net, out_dir, shard_mb=ctx.cfg.shard_mb, metadata=dict(metadata))
     files = sorted(p.name for p in out_dir.iterdir() if p.suffix == ".safetensors")
-    metrics["export"] = {"exporter": used, "files": files + ["manifest.json"]}
+    exporter = "dynamic_ofa_ros.supernet.export_embedded"
+    metrics["export"] = {"exporter": exporter, "files": [*files, "manifest.json"]}
     ctx.log.event("export", **metrics["export"])
-    say(f"export: {used}: {', '.join(files)}")
+    say(f"export: {', '.join(files)}")
 
 
 # --------------------------------------------------------------------------------------------
