@@ -9,7 +9,8 @@ when the prediction of the previous one has arrived, so the latest-frame policy 
 then compares the predictions with the labels::
 
     scripts/ros-env python -m dynamic_ofa_ros.replay_eval \\
-        --images ../shared/datasets/imagenette/val-224px.zip --levels 1 7 --out docs/results/replay-eval-cpu.json
+        --images ../shared/datasets/imagenette/val-224px.zip --levels 1 7 \\
+        --out docs/results/replay-eval-cpu.json
 """
 
 from __future__ import annotations
