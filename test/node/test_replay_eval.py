@@ -22,7 +22,8 @@ def test_replay_eval_measures_top1_through_the_node(shared_dir: Path, tmp_path: 
     if not table.is_file():
         pytest.skip("config/levels/cpu.json is not shipped in this checkout")
     out = tmp_path / "replay.json"
-    argv = ["--images", str(photos), "--levels", "1", "--limit", "30", "--table", str(table), "--out", str(out)]
+    argv = ["--images", str(photos), "--levels", "1", "--limit", "30", "--table", str(table)]
+    argv += ["--out", str(out)]
     assert replay_eval.main(argv) == 0  # no frame lost in lock-step replay
     result = json.loads(out.read_text())
     (row,) = result["levels"]
