@@ -80,26 +80,6 @@ KNOWN_IMPORTS: dict[str, tuple[str | None, str | None]] = {
     "launch_ros": ("launch_ros", None),
 }
 
-# package.xml format 3: name, version, description first (in this order), then any of these.
-FORMAT3_LATER_TAGS = {
-    "maintainer",
-    "license",
-    "url",
-    "author",
-    "depend",
-    "build_depend",
-    "build_export_depend",
-    "buildtool_depend",
-    "buildtool_export_depend",
-    "exec_depend",
-    "test_depend",
-    "doc_depend",
-    "conflict",
-    "replace",
-    "group_depend",
-    "member_of_group",
-    "export",
-}
 DEPEND_TAGS = {
     "depend",
     "build_depend",
@@ -109,6 +89,19 @@ DEPEND_TAGS = {
     "exec_depend",
     "test_depend",
     "doc_depend",
+}
+# package.xml format 3: name, version, description first (in this order), then any of these.
+FORMAT3_LATER_TAGS = {
+    "maintainer",
+    "license",
+    "url",
+    "author",
+    *DEPEND_TAGS,
+    "conflict",
+    "replace",
+    "group_depend",
+    "member_of_group",
+    "export",
 }
 
 
