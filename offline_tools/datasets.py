@@ -228,6 +228,23 @@ def _decode(data: bytes, member: str, where: str) -> np.ndarray:
         raise DatasetError(f"{where}: cannot decode {member}: {exc}") from exc
 
 
+def _zip_image_names(file: Path) -> list[str]:
+    """The image members of zip ``file`` in zip order (macOS ``._`` resource forks left out)."""
+    if not file.is_file():
+        raise DatasetError(f"zip {file} does not exist")
+    try:
+        with zipfile.ZipFile(file) as zf:
+            return [
+                info.filename
+                for info in zf.infolist()
+                if not info.is_dir()
+                and Path(info.filename).suffix.lower() in IMAGE_EXTENSIONS
+                and not Path(info.filename).name.startswith("._")
+            ]
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise DatasetError(f"{file}: not a readable zip file ({exc})") from exc
+
+
 def _parent(member: str) -> str | None:
     parts = member.replace("\\", "/").split("/")
     return parts[-2] if len(parts) >= 2 else None
@@ -239,24 +256,29 @@ def _parent(member: str) -> str | None:
 
 
 class _MemberSource:
-    """Shared logic of folder and zip sources: members, labels, subset."""
+    """Shared logic of folder and zip sources: the options, members, labels, subset.
+
+    The keyword options (see the module docstring) are defined and validated here, once;
+    a subclass only lists its members in :meth:`_list_members`.
+    """
 
     kind = "images"
 
     def __init__(
         self,
-        location: Path,
-        all_members: list[str],
+        location: str | os.PathLike[str],
+        /,
         *,
-        label_map: Mapping[str, int] | str | None,
-        files: str | os.PathLike[str] | Sequence[str] | None,
-        exclude: str | os.PathLike[str] | Sequence[str] | None,
-        sample: int | None,
-        limit: int | None,
-        seed: int,
+        label_map: Mapping[str, int] | str | None = "auto",
+        files: str | os.PathLike[str] | Sequence[str] | None = None,
+        exclude: str | os.PathLike[str] | Sequence[str] | None = None,
+        sample: int | None = None,
+        limit: int | None = None,
+        seed: int = 0,
     ) -> None:
-        self.location = location
-        where = str(location)
+        self.location = Path(location)
+        all_members = self._list_members()
+        where = str(self.location)
         if not all_members:
             raise DatasetError(
                 f"{where}: no images ({', '.join(IMAGE_EXTENSIONS)}) found; give an ImageFolder "
@@ -281,8 +303,12 @@ class _MemberSource:
         if self._labels is not None and any(_parent(m) is None for m in self.members):
             self._labels = None
         self._name = (
-            f"{location.name}{_subset_tag(files, exclude, sample, limit, seed)} ({len(self.members)})"
+            f"{self.location.name}{_subset_tag(files, exclude, sample, limit, seed)} ({len(self.members)})"
         )
+
+    def _list_members(self) -> list[str]:
+        """Every image member of :attr:`location`, sorted; :class:`DatasetError` when unreadable."""
+        raise NotImplementedError
 
     @property
     def name(self) -> str:
@@ -306,36 +332,20 @@ class _MemberSource:
 
 
 class ImageFolderSource(_MemberSource):
-    """Images below a directory (``<root>/<class>/<image>`` or flat); members are paths relative to it."""
+    """Images below a directory (``<root>/<class>/<image>`` or flat); members are paths relative to it.
 
-    def __init__(
-        self,
-        root: str | os.PathLike[str],
-        *,
-        label_map: Mapping[str, int] | str | None = "auto",
-        files: str | os.PathLike[str] | Sequence[str] | None = None,
-        exclude: str | os.PathLike[str] | Sequence[str] | None = None,
-        sample: int | None = None,
-        limit: int | None = None,
-        seed: int = 0,
-    ) -> None:
-        path = Path(root)
-        if not path.is_dir():
-            raise DatasetError(f"image folder {path} does not exist")
-        members = sorted(
-            p.relative_to(path).as_posix()
-            for p in path.rglob("*")
+    ``ImageFolderSource(root, *, label_map="auto", files=None, exclude=None, sample=None,
+    limit=None, seed=0)``: the options are those of the module docstring.
+    """
+
+    def _list_members(self) -> list[str]:
+        root = self.location
+        if not root.is_dir():
+            raise DatasetError(f"image folder {root} does not exist")
+        return sorted(
+            p.relative_to(root).as_posix()
+            for p in root.rglob("*")
             if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-        )
-        super().__init__(
-            path,
-            members,
-            label_map=label_map,
-            files=files,
-            exclude=exclude,
-            sample=sample,
-            limit=limit,
-            seed=seed,
         )
 
     def __iter__(self) -> Iterator[Sample]:
@@ -348,43 +358,14 @@ class ImageFolderSource(_MemberSource):
 
 
 class ZipImageFolderSource(_MemberSource):
-    """Images inside a zip of an ImageFolder (e.g. Imagenette ``val-224px.zip``); members are zip names."""
+    """Images inside a zip of an ImageFolder (e.g. Imagenette ``val-224px.zip``); members are zip names.
 
-    def __init__(
-        self,
-        path: str | os.PathLike[str],
-        *,
-        label_map: Mapping[str, int] | str | None = "auto",
-        files: str | os.PathLike[str] | Sequence[str] | None = None,
-        exclude: str | os.PathLike[str] | Sequence[str] | None = None,
-        sample: int | None = None,
-        limit: int | None = None,
-        seed: int = 0,
-    ) -> None:
-        file = Path(path)
-        if not file.is_file():
-            raise DatasetError(f"zip {file} does not exist")
-        try:
-            with zipfile.ZipFile(file) as zf:
-                members = sorted(
-                    info.filename
-                    for info in zf.infolist()
-                    if not info.is_dir()
-                    and Path(info.filename).suffix.lower() in IMAGE_EXTENSIONS
-                    and not Path(info.filename).name.startswith("._")
-                )
-        except (zipfile.BadZipFile, OSError) as exc:
-            raise DatasetError(f"{file}: not a readable zip file ({exc})") from exc
-        super().__init__(
-            file,
-            members,
-            label_map=label_map,
-            files=files,
-            exclude=exclude,
-            sample=sample,
-            limit=limit,
-            seed=seed,
-        )
+    ``ZipImageFolderSource(path, *, label_map="auto", files=None, exclude=None, sample=None,
+    limit=None, seed=0)``: the options are those of the module docstring.
+    """
+
+    def _list_members(self) -> list[str]:
+        return sorted(_zip_image_names(self.location))
 
     def __iter__(self) -> Iterator[Sample]:
         with zipfile.ZipFile(self.location) as zf:
@@ -421,26 +402,18 @@ class ConcatSource:
 class _ZipGroup(_MemberSource):
     """Several zips treated as one member space (file lists may span them, e.g. train part1 + part2)."""
 
-    def __init__(self, paths: Sequence[Path], **kwargs: Any) -> None:
+    def __init__(self, paths: Sequence[Path], **options: Any) -> None:
         self.paths = list(paths)
         self._owner: dict[str, Path] = {}
+        super().__init__(Path("+".join(p.name for p in self.paths)), **options)
+
+    def _list_members(self) -> list[str]:
         for file in self.paths:
-            if not file.is_file():
-                raise DatasetError(f"zip {file} does not exist")
-            try:
-                with zipfile.ZipFile(file) as zf:
-                    for info in zf.infolist():
-                        name = info.filename
-                        if info.is_dir() or Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
-                            continue
-                        if Path(name).name.startswith("._"):
-                            continue
-                        if name in self._owner:
-                            raise DatasetError(f"{name} is in both {self._owner[name].name} and {file.name}")
-                        self._owner[name] = file
-            except (zipfile.BadZipFile, OSError) as exc:
-                raise DatasetError(f"{file}: not a readable zip file ({exc})") from exc
-        super().__init__(Path("+".join(p.name for p in self.paths)), sorted(self._owner), **kwargs)
+            for name in _zip_image_names(file):
+                if name in self._owner:
+                    raise DatasetError(f"{name} is in both {self._owner[name].name} and {file.name}")
+                self._owner[name] = file
+        return sorted(self._owner)
 
     def __iter__(self) -> Iterator[Sample]:
         handles = {p: zipfile.ZipFile(p) for p in self.paths}
