@@ -578,55 +578,27 @@ def _train_mlp(
     progress: bool,
     desc: str,
 ) -> nn.Sequential:
+    """Fit an MLP regressor of ``y`` on ``x`` (Adam, cosine schedule, MSE) on one CPU thread."""
     with _one_thread():
-        return _train_mlp_loop(
-            x,
-            y,
-            hidden=hidden,
-            n_layers=n_layers,
-            epochs=epochs,
-            lr=lr,
-            weight_decay=weight_decay,
-            batch_size=batch_size,
-            seed=seed,
-            progress=progress,
-            desc=desc,
-        )
-
-
-def _train_mlp_loop(
-    x: np.ndarray,
-    y: np.ndarray,
-    *,
-    hidden: int,
-    n_layers: int,
-    epochs: int,
-    lr: float,
-    weight_decay: float,
-    batch_size: int,
-    seed: int,
-    progress: bool,
-    desc: str,
-) -> nn.Sequential:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = _build_mlp(x.shape[1], hidden, n_layers)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y.astype(np.float32))
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
-    model.train()
-    for _ in tqdm(range(epochs), desc=desc, disable=not progress, leave=False):
-        perm = torch.randperm(len(xt), generator=gen)
-        for start in range(0, len(xt), batch_size):
-            idx = perm[start : start + batch_size]
-            opt.zero_grad()
-            loss = nn.functional.mse_loss(model(xt[idx]).reshape(-1), yt[idx])
-            loss.backward()  # type: ignore[no-untyped-call]
-            opt.step()
-        sched.step()
-    model.eval()
-    return model
+        gen = torch.Generator().manual_seed(seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = _build_mlp(x.shape[1], hidden, n_layers)
+        xt, yt = torch.from_numpy(x), torch.from_numpy(y.astype(np.float32))
+        opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
+        model.train()
+        for _ in tqdm(range(epochs), desc=desc, disable=not progress, leave=False):
+            perm = torch.randperm(len(xt), generator=gen)
+            for start in range(0, len(xt), batch_size):
+                idx = perm[start : start + batch_size]
+                opt.zero_grad()
+                loss = nn.functional.mse_loss(model(xt[idx]).reshape(-1), yt[idx])
+                loss.backward()  # type: ignore[no-untyped-call]
+                opt.step()
+            sched.step()
+        model.eval()
+        return model
 
 
 def fit_mlp_predictor(
