@@ -1116,6 +1116,44 @@ def _preempted_fraction(runners: Sequence[_Runner]) -> float | None:
     return round(sum(r.n_preempted for r in runners) / total, 4)
 
 
+@dataclass(frozen=True)
+class _RunnerSettings:
+    """What every :class:`_Runner` of one profiling or measuring run shares (one graph pool)."""
+
+    device: str
+    mode: str
+    warmup: int
+    cuda_replays: int
+    pool: Any = None
+
+    def runner(self, module: nn.Module, x: torch.Tensor) -> _Runner:
+        """A runner of ``module`` on input ``x`` (already on :attr:`device`)."""
+        return _Runner(
+            module,
+            x,
+            device=self.device,
+            mode=self.mode,
+            warmup=self.warmup,
+            cuda_replays=self.cuda_replays,
+            pool=self.pool,
+        )
+
+    def operator_runner(self, spec: OperatorSpec, geometry: MobileNetV3Geometry) -> _Runner:
+        """A runner of operator ``spec`` standalone: random weights, eval mode, a random input."""
+        torch = _import_torch()
+        module = _build_operator(spec, geometry).to(self.device).eval()
+        return self.runner(module, torch.randn(_input_shape(spec), device=self.device))
+
+
+def _release_runners(runners: list[_Runner], device: str) -> None:
+    """Close and drop ``runners`` (the list is emptied), then return cached CUDA memory."""
+    for runner in runners:
+        runner.close()
+    runners.clear()
+    if device.startswith("cuda"):
+        _import_torch().cuda.empty_cache()
+
+
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_BYTES = 32 << 20
@@ -1175,6 +1213,14 @@ def resolve_clock(device: str, threads: int | None, clock: str = "auto") -> str:
     if clock == "thread_cpu" and threads != 1:
         raise LatencyTableError("clock 'thread_cpu' measures one thread; use it with threads=1 or use 'wall'")
     return clock
+
+
+def _check_counts(warmup: int, iterations: int, rounds: int) -> None:
+    """Reject counts the timing loop cannot honour (no samples, negative warm-up)."""
+    if warmup < 0 or iterations < 1 or rounds < 1:
+        raise LatencyTableError(
+            f"warmup={warmup}, iterations={iterations}, rounds={rounds}: need >= 0, >= 1 and >= 1"
+        )
 
 
 def _split(total: int, parts: int) -> list[int]:
@@ -1258,10 +1304,7 @@ def profile_latency_table(
     resolutions = sorted({int(r) for r in resolutions})
     if not resolutions:
         raise LatencyTableError("no resolutions to profile; pass at least one (e.g. --resolutions 128 160)")
-    if warmup < 0 or iterations < 1 or rounds < 1:
-        raise LatencyTableError(
-            f"warmup={warmup}, iterations={iterations}, rounds={rounds}: need >= 0, >= 1 and >= 1"
-        )
+    _check_counts(warmup, iterations, rounds)
     device = str(device)
     _check_device_mode(device, str(mode))
     used_clock = resolve_clock(device, threads, clock)
@@ -1297,25 +1340,16 @@ def profile_latency_table(
     started = time.perf_counter()
     torch.manual_seed(seed)
     pool = torch.cuda.graph_pool_handle() if mode == "cuda_graph" else None
+    settings = _RunnerSettings(
+        device=device, mode=str(mode), warmup=warmup, cuda_replays=cuda_replays, pool=pool
+    )
     with _torch_threads(threads):
         keys: list[tuple[int, str]] = []
         runners: list[_Runner] = []
         bar.set_description("profile: build")
         for r, ops in plan.items():
             for op in ops:
-                module = _build_operator(op, geometry).to(device).eval()
-                x = torch.randn(_input_shape(op), device=device)
-                runners.append(
-                    _Runner(
-                        module,
-                        x,
-                        device=device,
-                        mode=str(mode),
-                        warmup=warmup,
-                        cuda_replays=cuda_replays,
-                        pool=pool,
-                    )
-                )
+                runners.append(settings.operator_runner(op, geometry))
                 keys.append((r, op.key))
                 bar.update(1)
         timed = _round_robin(
@@ -1326,11 +1360,7 @@ def profile_latency_table(
             what="profile",
         )
         preempted = _preempted_fraction(runners)
-        for runner in runners:
-            runner.close()
-        del runners
-        if device.startswith("cuda"):
-            torch.cuda.empty_cache()
+        _release_runners(runners, device)
     entries: dict[int, dict[str, OperatorStats]] = {r: {} for r in plan}
     for (r, key), samples in zip(keys, timed, strict=True):
         entries[r][key] = summarize_samples(samples[pick])
@@ -1468,10 +1498,7 @@ def measure_subnets(
     torch = _import_torch()
     device = str(device)
     _check_device_mode(device, str(mode))
-    if iterations < 1 or rounds < 1 or warmup < 0:
-        raise LatencyTableError(
-            f"warmup={warmup}, iterations={iterations}, rounds={rounds}: need >= 0, >= 1 and >= 1"
-        )
+    _check_counts(warmup, iterations, rounds)
     if not device.startswith("cuda"):
         stabilize_cpu_allocator()
     torch.manual_seed(seed)
@@ -1488,32 +1515,19 @@ def measure_subnets(
     n_items = len(configs) + len(op_specs)
     bar = _progress(n_items * (1 + n_passes), "measure", progress)
     pool = torch.cuda.graph_pool_handle() if mode == "cuda_graph" else None
+    settings = _RunnerSettings(
+        device=device, mode=str(mode), warmup=warmup, cuda_replays=cuda_replays, pool=pool
+    )
     with _torch_threads(threads):
         runners: list[_Runner] = []
         bar.set_description("measure: extract")
         for cfg in configs:
             sub = _extract(net, cfg).to(device)
             x = torch.randn(1, 3, cfg.resolution, cfg.resolution, device=device)
-            runners.append(
-                _Runner(
-                    sub, x, device=device, mode=str(mode), warmup=warmup, cuda_replays=cuda_replays, pool=pool
-                )
-            )
+            runners.append(settings.runner(sub, x))
             bar.update(1)
         for spec in op_specs.values():
-            module = _build_operator(spec, geometry).to(device).eval()
-            x = torch.randn(_input_shape(spec), device=device)
-            runners.append(
-                _Runner(
-                    module,
-                    x,
-                    device=device,
-                    mode=str(mode),
-                    warmup=warmup,
-                    cuda_replays=cuda_replays,
-                    pool=pool,
-                )
-            )
+            runners.append(settings.operator_runner(spec, geometry))
             bar.update(1)
         # sub-networks and their operators alternate within each pass
         order = list(range(len(runners)))
@@ -1530,11 +1544,7 @@ def measure_subnets(
             timed[i] = timed_shuffled[position]
         preempted = [runner.n_preempted for runner in runners]
         op_preempted = _preempted_fraction(runners[len(configs) :])
-        for runner in runners:
-            runner.close()
-        del runners
-        if device.startswith("cuda"):
-            torch.cuda.empty_cache()
+        _release_runners(runners, device)
     bar.close()
     results = [
         SubnetSamples(cfg, wall, cpu, n)
