@@ -1106,6 +1106,43 @@ def _controller(
     return ManagedController(ctx.make_manager(lut, on_switch))
 
 
+def _run_dynamic_and_static(
+    ctx: Context,
+    lut: Mapping[int, float],
+    base: Mapping[str, int],
+    *,
+    duration_s: float,
+    budget_at: Callable[[float], float],
+    load_flag: Callable[[], bool] | None = None,
+    actions: Sequence[tuple[float, Callable[[], None]]] = (),
+    after_run: Callable[[RunRecord], None] | None = None,
+) -> dict[str, RunRecord]:
+    """The dynamic manager's run, then one run of each static level of ``base``, under the same schedule.
+
+    Each record's ``info["switch_reasons"]`` counts the manager's switches by reason;
+    ``after_run(record)`` is called right after each run, before the next starts.
+    """
+    runs: dict[str, RunRecord] = {}
+    for name in ("dynamic", "static_alone", "static_safe"):
+        reasons: dict[str, int] = {}
+        runs[name] = run_frames(
+            ctx.engine,
+            ctx.images,
+            _controller(ctx, name, lut, base, reasons),
+            name=name,
+            duration_s=duration_s,
+            fps=ctx.settings.fps,
+            budget_at=budget_at,
+            load_flag=load_flag,
+            actions=actions,
+            warmup_frames=ctx.settings.warmup_frames,
+        )
+        if after_run is not None:
+            after_run(runs[name])
+        runs[name].info["switch_reasons"] = reasons
+    return runs
+
+
 # --------------------------------------------------------------------------------------------
 # fig. 6: budget changes
 
@@ -1128,20 +1165,7 @@ def run_fig6(ctx: Context) -> dict[str, Any]:
         "static_alone": budgets["loose"][1],
         "static_safe": lut_level(lut, min(b for b, _ in budgets.values())),
     }
-    runs: dict[str, RunRecord] = {}
-    for name in ("dynamic", "static_alone", "static_safe"):
-        reasons: dict[str, int] = {}
-        runs[name] = run_frames(
-            ctx.engine,
-            ctx.images,
-            _controller(ctx, name, lut, base, reasons),
-            name=name,
-            duration_s=edges[-1],
-            fps=s.fps,
-            budget_at=budget_at,
-            warmup_frames=s.warmup_frames,
-        )
-        runs[name].info["switch_reasons"] = reasons
+    runs = _run_dynamic_and_static(ctx, lut, base, duration_s=edges[-1], budget_at=budget_at)
     extra = {
         "settings": s.to_dict(),
         "budget_rule": "fig6_budgets: target levels at 25 %, 50 %, 100 % of the range; budget = margin x "
@@ -1185,23 +1209,20 @@ def run_fig7(ctx: Context) -> dict[str, Any]:
         before, during, after = s.fig7_phases_s
         base = {"static_alone": int(rule["static_alone"]), "static_safe": int(rule["static_safe"])}
         lut = ctx.lut()
-        runs: dict[str, RunRecord] = {}
-        for name in ("dynamic", "static_alone", "static_safe"):
-            reasons: dict[str, int] = {}
-            runs[name] = run_frames(
-                ctx.engine,
-                ctx.images,
-                _controller(ctx, name, lut, base, reasons),
-                name=name,
-                duration_s=before + during + after,
-                fps=s.fps,
-                budget_at=lambda _t: budget,
-                load_flag=lambda: load.running,
-                actions=[(before, load.on), (before + during, load.off)],
-                warmup_frames=s.warmup_frames,
-            )
-            runs[name].info["load"] = load.wait_idle()
-            runs[name].info["switch_reasons"] = reasons
+
+        def record_load(rec: RunRecord) -> None:
+            rec.info["load"] = load.wait_idle()  # also waits for the job to be idle before the next run
+
+        runs = _run_dynamic_and_static(
+            ctx,
+            lut,
+            base,
+            duration_s=before + during + after,
+            budget_at=lambda _t: budget,
+            load_flag=lambda: load.running,
+            actions=[(before, load.on), (before + during, load.off)],
+            after_run=record_load,
+        )
         probe = base["static_alone"]
         check = {
             "level": probe,
