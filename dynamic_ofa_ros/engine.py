@@ -171,7 +171,10 @@ class LevelEngine:
         self._host_out: torch.Tensor | None = None
         self.threads: int | None = None
         if self.device.type == "cpu":
-            wanted = threads if threads is not None else table.profiling.get("threads")
+            # default: the thread count the table was profiled with, if it was profiled on a CPU
+            wanted = threads
+            if wanted is None and table.device.split(":")[0] == "cpu":
+                wanted = table.profiling.get("threads")
             if isinstance(wanted, int) and not isinstance(wanted, bool) and wanted > 0:
                 torch.set_num_threads(wanted)
             self.threads = torch.get_num_threads()

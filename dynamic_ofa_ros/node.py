@@ -25,7 +25,7 @@ import math
 import sys
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +157,13 @@ PARAMETERS: tuple[_Param, ...] = (
     ),
     _Param("level_table", "", "level table JSON; empty = config/levels/<device>.json of this package"),
     _Param(
+        "check_table_device",
+        True,
+        "refuse a level_table profiled on another device kind; false accepts one (e.g. to check the "
+        "cuda table's accuracy on a CPU): its latencies then say nothing about this device, so mode "
+        "auto runs reactive and mode lut is refused",
+    ),
+    _Param(
         "latency_budget_ms",
         0.0,
         "end-to-end latency budget per frame in ms (0 = none); settable at runtime like ~/set_constraints",
@@ -251,6 +258,7 @@ class Settings:
     device: str
     model: str
     level_table: str
+    check_table_device: bool
     mode: str
     priority: str
     window_size: int
@@ -405,6 +413,7 @@ class ClassifierNode(Node):
             device=resolve_device(_choice("device", get("device"), _DEVICES)),
             model=str(get("model")).strip() or "embedded",
             level_table=str(get("level_table")).strip(),
+            check_table_device=bool(get("check_table_device")),
             mode=_choice("mode", get("mode"), MODES),
             priority=_choice("priority", get("priority"), PRIORITIES),
             window_size=int(get("window_size")),
@@ -429,14 +438,32 @@ class ClassifierNode(Node):
             supernet = load_supernet(s.model, device=s.device, allow_random=s.model.startswith("random"))
         self.supernet = supernet
         table_path = Path(s.level_table).expanduser() if s.level_table else default_level_table(s.device)
-        self.table: LevelTable = load_level_table(table_path, supernet=supernet, expected_device=s.device)
-        threads = s.threads or None  # None: as the table was profiled
+        self.table: LevelTable = load_level_table(
+            table_path, supernet=supernet, expected_device=s.device if s.check_table_device else None
+        )
+        if self.table.device.split(":")[0] != s.device.split(":")[0]:
+            # Only reachable with check_table_device=false: the table's latencies were measured on
+            # another device, so only measured latencies (reactive mode) can drive the levels here.
+            if s.mode == "lut":
+                raise StartupError(
+                    f"mode 'lut' needs latencies of this device, but {table_path} was profiled on "
+                    f"{self.table.device!r}; use mode 'reactive' or a table built here"
+                )
+            if s.mode == "auto":
+                s = self.settings = replace(s, mode="reactive")
+            self.get_logger().warning(
+                f"level table {table_path} was profiled on {self.table.device!r} "
+                f"({self.table.device_name}), not on {s.device!r}: its latencies do not apply here, "
+                "running in reactive mode"
+            )
+        threads = s.threads or None  # None: as the table was profiled (on this device kind)
         self.engine = LevelEngine(
             supernet,
             self.table,
             device=s.device,
             threads=threads,
             max_pixels=s.max_image_pixels,
+            check_device=s.check_table_device,
             initial_level=len(self.table.levels),
         )
         self.levels: tuple[LevelSpec, ...] = tuple(LevelSpec.from_level(level) for level in self.table.levels)
@@ -753,12 +780,18 @@ class ClassifierNode(Node):
         msg.min_accuracy = float(state.min_accuracy)
         msg.expected_accuracy = float(state.expected_accuracy)
         msg.unmet = "" if self._no_budget and state.unmet == "latency" else state.unmet
+        own = PeerStatus.from_manager(self.manager, name=msg.node_name, group=msg.coordination_group)
+        msg.priority = own.priority
+        msg.locked = own.locked
+        msg.previous_level = own.previous_level
+        msg.level_since = own.since
         if coordination:
-            own = PeerStatus.from_manager(self.manager, name=msg.node_name, group=msg.coordination_group)
             msg.window_mean_ms = float(own.window_mean_ms)
             msg.window_p95_ms = (
                 float(state.last_window.p95_ms) if own.window_mean_ms and state.last_window else 0.0
             )
+            msg.window_start = own.window_start
+            msg.window_end = own.window_end
         else:
             msg.window_mean_ms = float(state.window_mean_ms)
             msg.window_p95_ms = float(state.window_p95_ms)
@@ -869,8 +902,13 @@ class ClassifierNode(Node):
                     for i, (lat, acc) in enumerate(zip(msg.level_latency_ms, msg.level_accuracy, strict=True))
                 ),
                 min_accuracy=float(msg.min_accuracy),
+                priority=msg.priority,
                 stamp=msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9,
-                locked=msg.mode == "manual",
+                since=float(msg.level_since),
+                previous_level=int(msg.previous_level),
+                window_start=float(msg.window_start),
+                window_end=float(msg.window_end),
+                locked=bool(msg.locked),
             )
         except (DofaError, ValueError) as exc:
             self._peer_errors += 1

@@ -227,12 +227,18 @@ def test_prediction_and_status_across_processes(
     status.level = 2
     status.n_levels = 3
     status.mode = "reactive"
+    status.priority = "accuracy"
+    status.locked = True
+    status.previous_level = 3
+    status.level_since = 12345.678901234  # float64: monotonic seconds keep microseconds
     status.budget_ms = 15.0
     status.min_accuracy = 72.5
     status.expected_accuracy = 74.5
     status.unmet = ""
     status.window_mean_ms = 13.25
     status.window_p95_ms = 14.75
+    status.window_start = 12346.5
+    status.window_end = 12346.987654321
     status.frames = 4_000_000_000  # uint32 range
     status.violations = 7
     status.switches = 3
@@ -395,12 +401,18 @@ EXPECTED_FIELDS: dict[str, dict[str, str]] = {
         "level": "uint8",
         "n_levels": "uint8",
         "mode": "string",
+        "priority": "string",
+        "locked": "boolean",
+        "previous_level": "uint8",
+        "level_since": "double",
         "budget_ms": "float",
         "min_accuracy": "float",
         "expected_accuracy": "float",
         "unmet": "string",
         "window_mean_ms": "float",
         "window_p95_ms": "float",
+        "window_start": "double",
+        "window_end": "double",
         "frames": "uint32",
         "violations": "uint32",
         "switches": "uint32",

@@ -202,6 +202,10 @@ def test_table_checks(rand: Supernet, table: LevelTable) -> None:
     with pytest.raises(LevelTableError, match=r"profiled on 'cuda'.*load config/levels/cpu\.json"):
         LevelEngine(rand, gpu_table)
     assert LevelEngine(rand, gpu_table, check_device=False, warmup=0).current_level == 1
+    # the GPU host's profiling thread count does not carry over to this CPU
+    gpu_table.profiling = {**table.profiling, "threads": 16}
+    before = torch.get_num_threads()
+    assert LevelEngine(rand, gpu_table, check_device=False, warmup=0).threads == before
     with pytest.raises(ModelSourceError, match="half=True needs CUDA"):
         LevelEngine(rand, table, half=True)
     with pytest.raises(ModelSourceError, match="not supported"):

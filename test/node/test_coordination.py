@@ -87,6 +87,21 @@ def test_two_nodes_coordinate_under_cpu_load(
             "a level change decided by the group coordinator",
         )
         assert len(predictions_a) > 0 and len(predictions_b) > 0
+
+        # the freshness fields travel: a measured window ends after its level took effect
+        def measured_statuses() -> list[Any]:
+            return [s for s in list(statuses) if s.coordination_group == GROUP and s.window_mean_ms > 0.0]
+
+        waiter(lambda: measured_statuses(), 30.0, "a coordination status with a measured window")
+        measured = measured_statuses()
+        for status in measured:
+            assert 0.0 < status.window_start <= status.window_end
+            assert 0.0 < status.level_since < status.window_end
+            assert status.priority == "latency" and not status.locked
+        moved = [s for s in statuses if s.coordination_group == GROUP and s.previous_level]
+        assert all(s.previous_level != s.level for s in moved)
+        peer_of_a = next(p for p in node_a.coordinator.peers(GROUP) if p.name == name_b)
+        assert peer_of_a.since > 0.0 and peer_of_a.priority == "latency"
         levels = (node_a.manager.current_level, node_b.manager.current_level)
         assert min(levels) < len(core.table.levels)
         diag = node_a.diagnostics().status[0]

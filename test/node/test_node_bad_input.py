@@ -11,7 +11,9 @@ executable as a subprocess.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -176,6 +178,49 @@ def test_level_table_not_matching_model(rclpy_context: Any, core: Any) -> None:
     message = str(info.value)
     assert str(core.table_path) in message
     assert "sha256" in message.lower() or "checksum" in message.lower() or "super-network" in message.lower()
+
+
+def _table_profiled_on_gpu(core: Any, folder: Path) -> Path:
+    """The session's CPU table relabelled as profiled on a GPU (16 host threads), BN file beside it."""
+    data = json.loads(core.table_path.read_text())
+    data["device"], data["device_name"] = "cuda", "NVIDIA Test GPU"
+    data["profiling"]["threads"] = 16
+    shutil.copy(core.table_path.parent / data["bn_file"], folder / data["bn_file"])
+    path = folder / "cuda.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_level_table_of_other_device(rclpy_context: Any, core: Any, harness: Any, tmp_path: Path) -> None:
+    """A GPU table on the CPU: refused by default; accepted for accuracy checks, then reactive only."""
+    from rclpy.parameter import Parameter
+
+    from dynamic_ofa_ros.node import ClassifierNode, StartupError
+
+    gpu_table = _table_profiled_on_gpu(core, tmp_path)
+    accept = [Parameter("check_table_device", value=False)]
+    for extra, expected in (([], "profiled on 'cuda'"), (accept, "lut")):
+        with pytest.raises(StartupError) as info:
+            ClassifierNode(
+                node_name="other_device",
+                context=rclpy_context,
+                parameter_overrides=[
+                    Parameter("model", value="random"),
+                    Parameter("level_table", value=str(gpu_table)),
+                    Parameter("device", value="cpu"),
+                    Parameter("mode", value="lut"),
+                    *extra,
+                ],
+                supernet=core.supernet,
+            )
+        assert expected in str(info.value)
+        assert str(gpu_table) in str(info.value)
+
+    node = harness.start_node("other_device_ok", level_table=str(gpu_table), check_table_device=False)
+    assert node.settings.mode == "reactive"
+    assert node.manager.status().mode == "reactive"
+    assert node.table.device == "cuda"
+    assert node.engine.threads == 1  # the node's threads parameter, not the GPU host's 16
 
 
 def test_invalid_parameter_at_start(rclpy_context: Any, core: Any) -> None:
