@@ -11,6 +11,9 @@ then compares the predictions with the labels::
     scripts/ros-env python -m dynamic_ofa_ros.replay_eval \\
         --images ../shared/datasets/imagenette/val-224px.zip --levels 1 7 \\
         --out docs/results/replay-eval-cpu.json
+
+A table profiled on another device kind (``--table config/levels/cuda.json`` with ``--device
+cpu``) is checked for accuracy only: the node then runs with ``check_table_device:=false``.
 """
 
 from __future__ import annotations
@@ -22,24 +25,17 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
 from dynamic_ofa_ros.demo import CAMERA_TOPIC, read_image_bag, start_classifier, stop_process, write_image_bag
-from dynamic_ofa_ros.timing import atomic_write_text
+from dynamic_ofa_ros.node import default_level_table
+from dynamic_ofa_ros.timing import atomic_write_text, device_name
 
 NODE_NAME = "dofa_replay_eval_classifier"
-
-
-def _default_table(device: str) -> Path:
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        return Path(get_package_share_directory("dynamic_ofa_ros")) / "config" / "levels" / f"{device}.json"
-    except Exception:  # not installed through colcon: the repository's copy
-        return Path(__file__).resolve().parent.parent / "config" / "levels" / f"{device}.json"
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -57,55 +53,89 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-class _Player:
-    """Publishes one frame at a time and waits for the node's prediction of it."""
+@dataclass(frozen=True)
+class Answer:
+    """The node's prediction of one frame, as the player received it."""
 
-    def __init__(self, context: Any) -> None:
+    class_id: int
+    level: int
+    #: the node's end-to-end latency (header stamp -> prediction ready) and its inference time
+    latency_ms: float
+    inference_ms: float
+    #: publish -> prediction received by the player (both transports included)
+    roundtrip_ms: float
+
+
+class LockStepPlayer:
+    """Publishes one frame at a time to a classifier node and waits for its prediction of it.
+
+    The next frame is sent only when the prediction of the previous one has arrived, so the
+    node's latest-frame policy drops nothing and nothing queues: every frame measures the node's
+    own path (transport, conversion, inference, publishing). Frames are matched to predictions
+    by header stamp, so stamps must be unique.
+    """
+
+    def __init__(self, context: Any, *, classifier: str, topic: str = CAMERA_TOPIC) -> None:
         from rclpy.executors import MultiThreadedExecutor
         from rclpy.node import Node
         from sensor_msgs.msg import Image
 
         from dynamic_ofa_ros.msg import Prediction
 
-        self.node = Node("dofa_replay_eval", context=context)
-        self.publisher = self.node.create_publisher(Image, CAMERA_TOPIC, 10)
+        self.classifier = classifier
+        self.node = Node("dofa_lockstep_player", context=context)
+        self.publisher = self.node.create_publisher(Image, topic, 10)
         self.lock = threading.Lock()
         self.arrived = threading.Condition(self.lock)
-        self.predictions: dict[int, tuple[int, int]] = {}
-        self.node.create_subscription(Prediction, f"/{NODE_NAME}/prediction", self._on_prediction, 50)
+        self.answers: dict[int, Answer] = {}
+        self._sent: dict[int, float] = {}
+        self.node.create_subscription(Prediction, f"/{classifier}/prediction", self._on_prediction, 50)
         self.executor = MultiThreadedExecutor(num_threads=2, context=context)
         self.executor.add_node(self.node)
         self.thread = threading.Thread(target=self.executor.spin, daemon=True)
         self.thread.start()
 
     def _on_prediction(self, msg: Any) -> None:
+        received = time.perf_counter()
         stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
         with self.arrived:
-            self.predictions[stamp] = (int(msg.class_id), int(msg.level))
+            sent = self._sent.pop(stamp, received)
+            self.answers[stamp] = Answer(
+                class_id=int(msg.class_id),
+                level=int(msg.level),
+                latency_ms=float(msg.latency_ms),
+                inference_ms=float(msg.inference_ms),
+                roundtrip_ms=(received - sent) * 1000.0,
+            )
             self.arrived.notify_all()
 
-    def classify(self, msg: Any, stamp: int, timeout: float) -> tuple[int, int] | None:
-        """Publish ``msg`` (re-sent once if lost) and return ``(class_id, level)`` of its prediction."""
+    def classify(self, msg: Any, stamp: int, timeout: float) -> Answer | None:
+        """Publish ``msg`` (whose header stamp is ``stamp``, re-sent once if lost); its prediction."""
         for _attempt in range(2):
+            with self.arrived:
+                self._sent[stamp] = time.perf_counter()
             self.publisher.publish(msg)
             deadline = time.monotonic() + timeout / 2
             with self.arrived:
-                while stamp not in self.predictions:
+                while stamp not in self.answers:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         break
                     self.arrived.wait(left)
-                if stamp in self.predictions:
-                    return self.predictions.pop(stamp)
+                if stamp in self.answers:
+                    return self.answers.pop(stamp)
+        with self.arrived:
+            self._sent.pop(stamp, None)
         return None
 
     def set_level(self, level: int, timeout: float = 30.0) -> None:
+        """Lock the classifier at ``level`` with its ``~/set_level`` service (0 = automatic)."""
         from dynamic_ofa_ros.srv import SetLevel
 
-        client = self.node.create_client(SetLevel, f"/{NODE_NAME}/set_level")
+        client = self.node.create_client(SetLevel, f"/{self.classifier}/set_level")
         try:
             if not client.wait_for_service(timeout_sec=timeout):
-                raise RuntimeError(f"/{NODE_NAME}/set_level did not appear within {timeout:g} s")
+                raise RuntimeError(f"/{self.classifier}/set_level did not appear within {timeout:g} s")
             done = threading.Event()
             future = client.call_async(SetLevel.Request(level=level))
             future.add_done_callback(lambda _f: done.set())
@@ -118,6 +148,7 @@ class _Player:
             self.node.destroy_client(client)
 
     def close(self) -> None:
+        """Stop spinning and destroy the player's node."""
         self.executor.shutdown(timeout_sec=5.0)
         self.thread.join(timeout=10.0)
         self.node.destroy_node()
@@ -131,7 +162,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     from offline_tools.datasets import open_image_source
 
-    table_path = Path(args.table) if args.table else _default_table(args.device)
+    table_path = Path(args.table) if args.table else default_level_table(args.device)
     table = json.loads(table_path.read_text())
     claimed = {int(row["level"]): row.get("accuracy") for row in table["levels"]}
     levels = args.levels or sorted(claimed)
@@ -147,17 +178,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         write_image_bag(bag, images, fps=30.0, start_ns=1_000_000_000)
         messages = [(ts, deserialize_message(raw, Image)) for ts, raw in read_image_bag(bag)]
         del images
-        params = {"model": args.model, "device": args.device, "level_table": str(table_path), "threads": 0}
+        # A table of another device kind (the cuda table on a CPU) is checked for accuracy only.
+        other_device = str(table.get("device", args.device)).split(":")[0] != args.device.split(":")[0]
+        params = {
+            "model": args.model,
+            "device": args.device,
+            "level_table": str(table_path),
+            "threads": 0,
+            "check_table_device": not other_device,
+        }
         proc, log = start_classifier(NODE_NAME, params, Path(tmp) / "classifier.log")
         result: dict[str, Any] = {
             "tool": "dynamic_ofa_ros.replay_eval",
             "images": f"{args.images} ({len(messages)} photos, rosbag replay through {NODE_NAME})",
             "table": str(table_path),
-            "device": table.get("device_name", args.device),
+            "table_device": f"{table.get('device')} ({table.get('device_name')})",
+            "device": device_name(args.device),
             "levels": [],
         }
         with rclpy.init(args=[]) as context_guard:  # noqa: F841 - keeps the context for the block
-            player = _Player(rclpy.get_default_context())
+            player = LockStepPlayer(rclpy.get_default_context(), classifier=NODE_NAME)
             try:
                 for level in levels:
                     player.set_level(level)
@@ -170,9 +210,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         if got is None:
                             lost += 1
                             continue
-                        if got[1] != level:
-                            raise RuntimeError(f"prediction at level {got[1]}, expected {level}")
-                        correct += int(got[0] == label)
+                        if got.level != level:
+                            raise RuntimeError(f"prediction at level {got.level}, expected {level}")
+                        correct += int(got.class_id == label)
                     answered = len(messages) - lost
                     top1 = 100.0 * correct / len(messages)
                     row = {

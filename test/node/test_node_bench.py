@@ -1,0 +1,39 @@
+"""``dynamic_ofa_ros.node_bench``: what the running node adds to the engine, measured end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.ros, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_node_bench_reports_overhead_against_engine(tmp_path: Path) -> None:
+    from dynamic_ofa_ros import node_bench
+
+    table = REPO / "config" / "levels" / "cpu.json"
+    if not table.is_file():
+        pytest.skip("config/levels/cpu.json is not shipped in this checkout")
+    out = tmp_path / "node-bench.json"
+    argv = ["--table", str(table), "--levels", "1", "--sizes", "96x64", "--frames", "5", "--warmup", "1"]
+    assert node_bench.main([*argv, "--out", str(out)]) == 0  # lock step: no frame lost
+    result = json.loads(out.read_text())
+    assert result["device"] and result["threads"] >= 1 and "Fast DDS" in result["transport"]
+    (run,) = result["runs"]
+    assert (run["size"], run["level"], run["levels_seen"]) == ("96x64", 1, [1])
+    assert run["answered"] == run["frames"] == 5 and run["lost"] == 0
+    stats = ("engine_infer_ms", "node_inference_ms", "node_latency_ms", "node_overhead_ms", "roundtrip_ms")
+    for key in stats:
+        assert set(run[key]) == {"p50", "p95", "p99", "mean"}
+        assert run[key]["p50"] <= run[key]["p95"] <= run[key]["p99"]
+    # the node's latency counts from the stamp set before publishing, so it contains its inference,
+    # and the publisher sees the prediction only after the node produced it
+    assert run["node_overhead_ms"]["p50"] > 0.0
+    assert run["node_latency_ms"]["p50"] > run["node_inference_ms"]["p50"] > 0.0
+    assert run["roundtrip_ms"]["p50"] >= run["node_latency_ms"]["p50"] - 0.5
+    ratio = run["node_latency_ms"]["p50"] / run["engine_infer_ms"]["p50"]
+    assert run["node_latency_over_engine_p50"] == pytest.approx(ratio, rel=1e-2)
