@@ -556,7 +556,7 @@ class _Demo:
     """The demo's ROS side: a player/recorder node and service clients."""
 
     def __init__(self, context: Any, recorder: Recorder) -> None:
-        from rclpy.executors import MultiThreadedExecutor
+        from rclpy.executors import SingleThreadedExecutor
         from rclpy.node import Node
         from rclpy.qos import QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import Image
@@ -566,7 +566,7 @@ class _Demo:
         self.publisher = self.node.create_publisher(
             Image, CAMERA_TOPIC, QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
         )
-        self.executor = MultiThreadedExecutor(num_threads=2, context=context)
+        self.executor = SingleThreadedExecutor(context=context)
         self.executor.add_node(self.node)
         self.thread = threading.Thread(target=self._spin, daemon=True)
         self.thread.start()

@@ -13,8 +13,11 @@ how constraints are validated, how co-located models share a device) is made by 
 
 Threads: subscriptions only store the newest frame in a single-slot :class:`LatestFrame`
 (replacing an unprocessed one counts as *dropped*, so no backlog can build up); one worker
-thread converts, infers and publishes; services, parameters and timers run on a
-``MultiThreadedExecutor`` in their own callback groups, so they answer while inference runs.
+thread converts, infers and publishes; services, parameters, timers and subscriptions run on
+one ``SingleThreadedExecutor`` thread (all callbacks are short, so they answer while inference
+runs). rclpy's ``MultiThreadedExecutor`` is not used: in ``dynamic_ofa_ros.node_bench`` its
+dispatch thread spent 22-127 ms of CPU per frame and added up to 1 s (p99) to a frame's latency
+on a 2-core machine, against about 1-2 ms with the single-threaded one (docs/node.md).
 
 See ``docs/node.md`` for topics, services, parameters and the latency definition.
 """
@@ -24,6 +27,7 @@ from __future__ import annotations
 import math
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -37,10 +41,9 @@ from rcl_interfaces.msg import (
     ParameterDescriptor,
     SetParametersResult,
 )
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.context import Context
 from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.logging import get_logger
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -75,6 +78,8 @@ COORDINATION_TOPIC = "/dynamic_ofa/coordination"
 #: Budgets above this are rejected as unit mistakes (same bound as the manager's default).
 MAX_BUDGET_MS = 60_000.0
 _WARN_PERIOD_S = 5.0
+#: publishers on the image topic but no frame for this long: warn about transport (see _input_warning)
+_NO_FRAMES_WARN_S = 5.0
 _DEVICES = ("auto", "cpu", "cuda")
 _RELIABILITIES = ("best_effort", "reliable")
 
@@ -292,24 +297,28 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def default_level_table(device: str) -> Path:
-    """``config/levels/<device>.json`` of the installed package (share dir), else of the source tree."""
-    name = f"{device}.json"
+def config_file(relative: str) -> Path:
+    """``config/<relative>`` of the installed package (share dir), else of the source tree."""
     candidates: list[Path] = []
     try:
         from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
 
         try:
-            candidates.append(Path(get_package_share_directory(PACKAGE)) / "config" / "levels" / name)
+            candidates.append(Path(get_package_share_directory(PACKAGE)) / "config" / relative)
         except (PackageNotFoundError, ValueError, LookupError):
             pass
     except ImportError:
         pass
-    candidates.append(Path(__file__).resolve().parent.parent / "config" / "levels" / name)
+    candidates.append(Path(__file__).resolve().parent.parent / "config" / relative)
     for path in candidates:
         if path.is_file():
             return path
     return candidates[0]
+
+
+def default_level_table(device: str) -> Path:
+    """``config/levels/<device>.json`` of the installed package (share dir), else of the source tree."""
+    return config_file(f"levels/{device}.json")
 
 
 def _budget_arg(value: object, what: str) -> float:
@@ -495,10 +504,6 @@ class ClassifierNode(Node):
 
     def _setup_ros(self) -> None:
         s = self.settings
-        self._image_group = MutuallyExclusiveCallbackGroup()
-        self._service_group = ReentrantCallbackGroup()
-        self._timer_group = MutuallyExclusiveCallbackGroup()
-        self._peer_group = MutuallyExclusiveCallbackGroup()
         image_qos = QoSProfile(
             history=HistoryPolicy.KEEP_LAST,
             depth=s.qos_depth,
@@ -509,16 +514,12 @@ class ClassifierNode(Node):
             ),
             durability=DurabilityPolicy.VOLATILE,
         )
-        self._image_sub = self.create_subscription(
-            Image, "image", self._on_image, image_qos, callback_group=self._image_group
-        )
+        self._image_sub = self.create_subscription(Image, "image", self._on_image, image_qos)
         self._image_topics = [self._image_sub.topic_name]
         self._compressed_sub = None
         if s.use_compressed:
             topic = self._compressed_topic()
-            self._compressed_sub = self.create_subscription(
-                CompressedImage, topic, self._on_image, image_qos, callback_group=self._image_group
-            )
+            self._compressed_sub = self.create_subscription(CompressedImage, topic, self._on_image, image_qos)
             self._image_topics.append(self._compressed_sub.topic_name)
         self._prediction_pub = self.create_publisher(Prediction, "~/prediction", 10)
         self._status_pub = self.create_publisher(ManagerStatus, "~/status", 10)
@@ -527,18 +528,14 @@ class ClassifierNode(Node):
         if self.coordinator is not None:
             self._coord_pub = self.create_publisher(ManagerStatus, COORDINATION_TOPIC, 10)
             self._coord_sub = self.create_subscription(
-                ManagerStatus, COORDINATION_TOPIC, self._on_peer_status, 10, callback_group=self._peer_group
+                ManagerStatus, COORDINATION_TOPIC, self._on_peer_status, 10
             )
-        self.create_service(
-            SetConstraints, "~/set_constraints", self._srv_set_constraints, callback_group=self._service_group
-        )
-        self.create_service(SetLevel, "~/set_level", self._srv_set_level, callback_group=self._service_group)
-        self.create_service(
-            GetLevels, "~/get_levels", self._srv_get_levels, callback_group=self._service_group
-        )
-        self._status_timer = self.create_timer(
-            1.0 / s.status_rate, self._on_status_timer, callback_group=self._timer_group
-        )
+        self.create_service(SetConstraints, "~/set_constraints", self._srv_set_constraints)
+        self.create_service(SetLevel, "~/set_level", self._srv_set_level)
+        self.create_service(GetLevels, "~/get_levels", self._srv_get_levels)
+        self._status_timer = self.create_timer(1.0 / s.status_rate, self._on_status_timer)
+        self._no_frames_since: float | None = None
+        self.input_warning = ""
 
     def _compressed_topic(self) -> str:
         """``<resolved image topic>/compressed``, unless ``image/compressed`` itself is remapped."""
@@ -816,7 +813,36 @@ class ClassifierNode(Node):
     def _on_status_timer(self) -> None:
         self._publish_status()
         if not self._closed:
+            self._check_input()
             self._diagnostics_pub.publish(self.diagnostics())
+
+    def _check_input(self) -> None:
+        """Set :attr:`input_warning` when publishers exist but no frame ever arrived.
+
+        The usual cause is transport, not the camera: with Fast DDS's default transports a
+        frame over 512 KiB (640x480 rgb8 and up) leaves the publishing process as UDP fragments,
+        and a best-effort subscriber never got one in our measurements (docs/node.md).
+        """
+        if self._slot.received:
+            self._no_frames_since, self.input_warning = None, ""
+            return
+        publishers = sum(self.count_publishers(topic) for topic in self._image_topics)
+        if not publishers:
+            self._no_frames_since, self.input_warning = None, ""
+            return
+        now = time.monotonic()
+        if self._no_frames_since is None:
+            self._no_frames_since = now
+        waited = now - self._no_frames_since
+        if waited < _NO_FRAMES_WARN_S:
+            return
+        self.input_warning = (
+            f"{publishers} publisher(s) on {', '.join(self._image_topics)} but no frame received in "
+            f"{waited:.0f} s; if they publish frames over 512 KiB (640x480 rgb8 and up) with Fast DDS's "
+            f"default transports, start the publisher with FASTDDS_DEFAULT_PROFILES_FILE="
+            f"{config_file('fastdds_large_frames.xml')} or set qos_reliability:=reliable"
+        )
+        self.get_logger().warning(self.input_warning, throttle_duration_sec=30.0)
 
     def diagnostics(self) -> DiagnosticArray:
         """The ``/diagnostics`` message: level, window latency vs budget, drops, errors, peers."""
@@ -842,6 +868,8 @@ class ClassifierNode(Node):
             )
         else:
             message = f"level {status.level}/{status.n_levels}: no latency budget"
+        if self.input_warning:
+            level, message = DiagnosticStatus.WARN, self.input_warning
         peers = self._peer_names()
         values = {
             "level": status.level,
@@ -856,6 +884,7 @@ class ClassifierNode(Node):
             "frames": status.frames,
             "violations": status.violations,
             "switches": status.switches,
+            "frames_received": self._slot.received,
             "dropped": status.dropped,
             "errors": status.errors,
             "last_error": self._last_error,
@@ -935,9 +964,9 @@ class ClassifierNode(Node):
 # ------------------------------------------------------------------------------------------ main
 
 
-def spin(node: Node, *, num_threads: int = 4) -> None:
-    """Spin ``node`` on a MultiThreadedExecutor until shutdown."""
-    executor = MultiThreadedExecutor(num_threads=num_threads, context=node.context)
+def spin(node: Node) -> None:
+    """Spin ``node`` on a SingleThreadedExecutor until shutdown (see the module docstring why)."""
+    executor = SingleThreadedExecutor(context=node.context)
     executor.add_node(node)
     try:
         executor.spin()

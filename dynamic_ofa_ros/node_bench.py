@@ -15,7 +15,8 @@ Per frame size and level it reports (p50/p95/p99, milliseconds): ``node_latency_
 Prediction's ``latency_ms``: header stamp, set just before publishing, to prediction ready),
 ``node_inference_ms`` (its ``inference_ms``), ``node_overhead_ms`` (the difference per
 frame: transport in, conversion, hand-over to the inference thread), ``roundtrip_ms`` (publish
-to the prediction's arrival back at the publisher) and ``engine_infer_ms`` (the baseline).
+to the prediction's arrival back at the publisher) and ``engine_infer_ms`` (the baseline);
+and the node process's CPU time per frame, in all and in its main (executor) thread.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from dynamic_ofa_ros.replay_eval import LockStepPlayer
 from dynamic_ofa_ros.timing import atomic_write_text, device_name, summarize
 
 NODE_NAME = "dofa_node_bench_classifier"
+_MAX_LOST = 3  # a case with this many lost frames is a transport problem, not a measurement
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -98,18 +100,58 @@ def _engine_baseline(engine: Any, frames: list[np.ndarray], level: int, n: int, 
     return times
 
 
+def _thread_cpu_s(pid: int) -> dict[int, float]:
+    """CPU seconds (user + system) per thread of process ``pid`` (Linux /proc; empty elsewhere)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[int, float] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended
+            continue
+        out[int(tid)] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def _cpu_per_frame(pid: int, before: dict[int, float], frames: int) -> dict[str, float | None]:
+    """CPU ms per frame of the node process: all threads, and its main (executor) thread alone."""
+    after = _thread_cpu_s(pid)
+    if not after or frames <= 0:
+        return {"process_cpu_ms_per_frame": None, "executor_thread_cpu_ms_per_frame": None}
+    total = sum(after.values()) - sum(before.get(tid, 0.0) for tid in after)
+    main = after.get(pid, 0.0) - before.get(pid, 0.0)
+    return {
+        "process_cpu_ms_per_frame": round(1000.0 * total / frames, 3),
+        "executor_thread_cpu_ms_per_frame": round(1000.0 * main / frames, 3),
+    }
+
+
 def _node_run(
-    player: LockStepPlayer, messages: list[Any], n: int, warmup: int, timeout: float
+    player: LockStepPlayer, messages: list[Any], n: int, warmup: int, timeout: float, pid: int
 ) -> dict[str, Any]:
     rows: list[Any] = []
     lost = 0
+    cpu_before: dict[int, float] = {}
     for i in range(warmup + n):
+        if i == warmup:
+            cpu_before = _thread_cpu_s(pid)
         msg = messages[i % len(messages)]
         stamp = time.time_ns()  # the ROS clock is system time: latency_ms counts from here
         msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, 1_000_000_000)
         got = player.classify(msg, stamp, timeout)
         if got is None:
             lost += 1
+            if lost >= _MAX_LOST:
+                raise RuntimeError(
+                    f"{lost} of {msg.width}x{msg.height} frames got no prediction within {timeout:g} s; "
+                    "frames over 512 KiB need FASTDDS_DEFAULT_PROFILES_FILE=config/fastdds_large_frames.xml "
+                    "(scripts/ros-env sets it) in this process"
+                )
         elif i >= warmup:
             rows.append(got)
     return {
@@ -121,6 +163,7 @@ def _node_run(
         "node_overhead_ms": _stats([r.latency_ms - r.inference_ms for r in rows]),
         "roundtrip_ms": _stats([r.roundtrip_ms for r in rows]),
         "levels_seen": sorted({r.level for r in rows}),
+        **_cpu_per_frame(pid, cpu_before, n),
     }
 
 
@@ -169,7 +212,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     baseline = _engine_baseline(engine, frames, level, args.frames, args.warmup)
                     player.set_level(level)
                     messages = [_image_msg(f) for f in frames]
-                    row = _node_run(player, messages, args.frames, args.warmup, args.timeout)
+                    row = _node_run(player, messages, args.frames, args.warmup, args.timeout, proc.pid)
                     base = _stats(baseline)
                     row = {
                         "size": f"{size[0]}x{size[1]}",

@@ -76,7 +76,7 @@ class LockStepPlayer:
     """
 
     def __init__(self, context: Any, *, classifier: str, topic: str = CAMERA_TOPIC) -> None:
-        from rclpy.executors import MultiThreadedExecutor
+        from rclpy.executors import SingleThreadedExecutor
         from rclpy.node import Node
         from sensor_msgs.msg import Image
 
@@ -90,7 +90,7 @@ class LockStepPlayer:
         self.answers: dict[int, Answer] = {}
         self._sent: dict[int, float] = {}
         self.node.create_subscription(Prediction, f"/{classifier}/prediction", self._on_prediction, 50)
-        self.executor = MultiThreadedExecutor(num_threads=2, context=context)
+        self.executor = SingleThreadedExecutor(context=context)
         self.executor.add_node(self.node)
         self.thread = threading.Thread(target=self.executor.spin, daemon=True)
         self.thread.start()

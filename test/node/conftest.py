@@ -1,6 +1,6 @@
 """Fixtures for the ROS tests of the classifier node: real rclpy, real Fast DDS, no mocks.
 
-The node runs in-process (fast) on its own ``MultiThreadedExecutor`` thread, exactly as
+The node runs in-process (fast) on its own ``SingleThreadedExecutor`` thread, exactly as
 ``main()`` spins it; a separate *probe* node, spun by another executor thread, talks to it
 over DDS: it publishes images, subscribes to every output topic and calls every service.
 
@@ -141,7 +141,7 @@ class Harness:
     """The node under test plus a probe node, each spun by its own executor thread."""
 
     def __init__(self, context: Any, core: CoreModel, namespace: str) -> None:
-        from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
+        from rclpy.executors import SingleThreadedExecutor
         from rclpy.node import Node
 
         self.context = context
@@ -154,7 +154,6 @@ class Harness:
         self.probe = self._spin(
             Node("probe", namespace=namespace, context=context), SingleThreadedExecutor(context=context)
         )
-        self._multi = MultiThreadedExecutor
 
     # -------------------------------------------------------------------------- spinning
 
@@ -198,8 +197,10 @@ class Harness:
             parameter_overrides=overrides,
             supernet=self.core.supernet if values["model"] == "random" else None,
         )
+        from rclpy.executors import SingleThreadedExecutor
+
         self.nodes.append(node)
-        self._spin(node, self._multi(num_threads=4, context=self.context))
+        self._spin(node, SingleThreadedExecutor(context=self.context))  # as classifier_node's main()
         return node
 
     def stop_node(self, node: Any) -> None:

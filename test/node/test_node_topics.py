@@ -277,3 +277,26 @@ def test_diagnostics_warn_when_level_1_misses_budget(
     diag = node.diagnostics().status[0]
     assert diag.level == DiagnosticStatus.WARN
     assert "level 1" in diag.message
+
+
+def test_diagnostics_warn_when_publishers_send_no_frames(
+    harness: Any, photo: np.ndarray, image_msg: Any, waiter: Any
+) -> None:
+    """A publisher on the image topic but no frame: WARN with the transport advice, cleared by a frame."""
+    from diagnostic_msgs.msg import DiagnosticStatus
+    from sensor_msgs.msg import Image
+
+    from dynamic_ofa_ros.msg import Prediction
+
+    node = harness.start_node(status_rate=5.0)
+    predictions = harness.collect(Prediction, f"{node.get_fully_qualified_name()}/prediction")
+    pub = harness.publisher(Image, f"{harness.namespace}/image")
+    waiter(lambda: node.input_warning, 30.0, "the no-frames warning")
+    status = node.diagnostics().status[0]
+    assert status.level == DiagnosticStatus.WARN
+    assert "no frame received" in status.message and "fastdds_large_frames.xml" in status.message
+    assert "qos_reliability" in status.message
+    assert {kv.key: kv.value for kv in status.values}["frames_received"] == "0"
+    _send_and_wait(harness, pub, image_msg(photo), predictions, waiter)
+    waiter(lambda: not node.input_warning, 10.0, "the warning to clear after a frame")
+    assert node.diagnostics().status[0].level == DiagnosticStatus.OK
