@@ -4,7 +4,8 @@
 #   make test     set up + build, lint, package check, full pytest suite against the install space
 #
 # Other targets: venv build lint check-package pytest bench shell clean distclean help.
-# Variables: VENV (default .venv), PYTHON (python3.11), PYTEST_ARGS, DEMO_ARGS, BENCH_ARGS.
+# Variables: VENV (default .venv), PYTHON (python3.11), PYTEST_ARGS, DEMO_ARGS, BENCH_ARGS,
+# NODE_BENCH_ARGS.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -16,6 +17,7 @@ PYTHON ?= python3.11
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 BENCH_ARGS ?=
+NODE_BENCH_ARGS ?=
 
 VENV_ABS := $(abspath $(VENV))
 VENV_STAMP := $(VENV)/.dofa-venv.stamp
@@ -90,6 +92,7 @@ demo: build
 
 bench: build
 	$(ROS_ENV) dofa-bench --device cpu $(BENCH_ARGS)
+	$(ROS_ENV) python -m dynamic_ofa_ros.node_bench --device cpu $(NODE_BENCH_ARGS)
 
 # An interactive shell in the ROS environment (venv + install/setup.bash).
 shell: build
