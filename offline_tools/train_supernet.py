@@ -24,6 +24,11 @@ Pipeline (every stage writes into ``--out``; a failing stage never loses the ear
    sub-networks, within the remaining time -> ``subnet_accuracy.json`` (the measured accuracy
    data set the offline search fits its predictor on).
 
+A run longer than one call (``--checkpoint-dir``, ``--resume``): the cosine is then step-based over
+the planned epochs in every call (one schedule across calls), the time budget only ends a call, and
+each call writes an atomic safetensors + JSON checkpoint when training stops; see
+"Training longer than one call" in ``docs/training.md``.
+
 Run ``python offline_tools/train_supernet.py --help``; the recipe is in ``docs/training.md``.
 """
 
@@ -40,6 +45,8 @@ import math
 import os
 import platform
 import random
+import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -713,15 +720,26 @@ def round_to_fp16_(net: nn.Module) -> None:
 class Schedule:
     """Linear warm-up then cosine; progress = max(step fraction, wall-clock fraction) when time-aware."""
 
-    def __init__(self, cfg: TrainConfig, total_steps: int, warmup_steps: int, train_budget_s: float) -> None:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        total_steps: int,
+        warmup_steps: int,
+        train_budget_s: float,
+        *,
+        time_aware: bool | None = None,
+    ) -> None:
         self.cfg = cfg
         self.total = max(1, total_steps)
         self.warmup = min(max(0, warmup_steps), self.total - 1)
         self.budget = train_budget_s
+        # a resumable run passes False: its cosine must span the planned steps of all calls, not
+        # the wall clock of one call (see docs/training.md, "Training longer than one call")
+        self.time_aware = cfg.time_aware_schedule if time_aware is None else time_aware
 
     def progress(self, step: int, train_elapsed: float) -> float:
         by_step = (step - self.warmup) / max(1, self.total - self.warmup) if step >= self.warmup else 0.0
-        if not self.cfg.time_aware_schedule:
+        if not self.time_aware:
             return by_step
         by_time = train_elapsed / self.budget if self.budget > 0 else 1.0
         return max(by_step, by_time)
@@ -765,7 +783,301 @@ class Context:
         return self.budget_s - elapsed_s()
 
 
-def train(ctx: Context, metrics: dict[str, Any]) -> None:
+# --------------------------------------------------------------------------------------------
+# checkpoints (a resumable run: --checkpoint-dir / --resume)
+
+CHECKPOINT_FORMAT = "dynamic_ofa_ros.train_checkpoint"
+CHECKPOINT_JSON = "checkpoint.json"
+CHECKPOINT_LATEST = "LATEST.json"
+CHECKPOINT_SHARD_BYTES = 15 * 2**20
+# Config keys that may differ between the calls of one resumable run: they decide where a call
+# stops and what it does after training, never the training trajectory.
+PER_CALL_KEYS = frozenset(
+    {
+        "time_budget_min",
+        "post_reserve_s",
+        "end_margin_s",
+        "decode_threads",
+        "final_calib_images",
+        "measure_subnets",
+        "measure_sweep",
+        "measure_flush_every",
+    }
+)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed: missing, corrupted, or from another config or data."""
+
+
+@dataclass
+class Checkpoint:
+    """A verified checkpoint folder (every file matched its SHA-256) and its JSON."""
+
+    folder: Path
+    meta: dict[str, Any]
+
+    def tensors(self, group: str) -> dict[str, Tensor]:
+        """All tensors of one group (``model``, ``optimizer``, ``rng``) from its shards, on the CPU."""
+        from safetensors.torch import load_file
+
+        out: dict[str, Tensor] = {}
+        for name in self.meta["tensor_files"][group]:
+            out.update(load_file(str(self.folder / name)))
+        return out
+
+
+@dataclass
+class Resumable:
+    """What a resumable run (``--checkpoint-dir`` and/or ``--resume``) adds to :func:`train`."""
+
+    checkpoint_dir: Path | None
+    checkpoint: Checkpoint | None
+    stop_after_steps: int | None
+    run_info: dict[str, Any]  # data identity, git, seeds, sources: copied into the checkpoint JSON
+
+
+def _py_state_to_json(state: tuple[Any, ...]) -> list[Any]:
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def _py_state_from_json(data: Sequence[Any]) -> tuple[Any, ...]:
+    version, internal, gauss = data
+    return (int(version), tuple(int(x) for x in internal), gauss)
+
+
+def _numpy_state_to_json() -> dict[str, Any]:
+    state = np.random.get_state(legacy=False)
+    if not isinstance(state, dict):  # pragma: no cover - legacy=False always returns a dict
+        raise TypeError("numpy returned a legacy RNG state")
+    inner = state["state"]
+    return {
+        "bit_generator": state["bit_generator"],
+        "state": {"key": [int(x) for x in inner["key"]], "pos": int(inner["pos"])},
+        "has_gauss": int(state["has_gauss"]),
+        "gauss": float(state["gauss"]),
+    }
+
+
+def _numpy_state_from_json(data: Mapping[str, Any]) -> dict[str, Any]:
+    inner = data["state"]
+    return {**data, "state": {"key": np.asarray(inner["key"], dtype=np.uint32), "pos": int(inner["pos"])}}
+
+
+def _fsync_path(path: Path) -> None:
+    # save_file does not fsync; a directory is fsynced so that the renames inside it are durable
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _save_sharded(tensors: Mapping[str, Tensor], folder: Path, prefix: str, max_bytes: int) -> list[str]:
+    """``tensors`` as ``<prefix>-NNNN.safetensors`` files of at most ``max_bytes`` each; their names."""
+    from safetensors.torch import save_file
+
+    limit = max_bytes - 2**20  # headroom for each file's JSON header (names, shapes, offsets)
+    shards: list[dict[str, Tensor]] = [{}]
+    size = 0
+    for name, tensor in tensors.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if nbytes > limit:
+            raise ValueError(f"checkpoint: tensor {name} ({nbytes} bytes) exceeds one shard ({limit} bytes)")
+        if shards[-1] and size + nbytes > limit:
+            shards.append({})
+            size = 0
+        shards[-1][name] = tensor
+        size += nbytes
+    names: list[str] = []
+    for i, shard in enumerate(shards):
+        fname = f"{prefix}-{i:04d}.safetensors"
+        save_file(shard, str(folder / fname), metadata={"format": CHECKPOINT_FORMAT})
+        names.append(fname)
+    return names
+
+
+def _latest_name(root: Path) -> str | None:
+    try:
+        data = json.loads((root / CHECKPOINT_LATEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    name = data.get("checkpoint") if isinstance(data, dict) else None
+    return name if isinstance(name, str) else None
+
+
+def write_checkpoint(root: Path, groups: Mapping[str, Mapping[str, Tensor]], meta: Mapping[str, Any]) -> Path:
+    """Write a checkpoint under ``root`` atomically and make it the one ``--resume root`` loads.
+
+    The files go into a hidden temporary folder that is renamed to ``step-NNNNNNN-<random>`` once
+    complete (a rename is atomic); then ``LATEST.json`` (names it and holds its JSON's SHA-256) is
+    replaced with ``os.replace``. A crash at any point leaves the previous checkpoint loadable.
+    Keeps the new checkpoint and the one before it. Returns the new folder.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"step-{int(meta['global_step']):07d}-{secrets.token_hex(3)}"  # unique: a step can be saved twice
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
+    final = root / name
+    try:
+        tensor_files = {
+            group: _save_sharded(t, tmp, group, CHECKPOINT_SHARD_BYTES) for group, t in groups.items()
+        }
+        files: dict[str, dict[str, Any]] = {}
+        for fname in sorted(f for names in tensor_files.values() for f in names):
+            os.chmod(tmp / fname, 0o644)  # as the other outputs (safetensors may create 0600)
+            _fsync_path(tmp / fname)
+            files[fname] = {"sha256": sha256_file(tmp / fname), "bytes": (tmp / fname).stat().st_size}
+        atomic_write_json(tmp / CHECKPOINT_JSON, {**meta, "tensor_files": tensor_files, "files": files})
+        os.chmod(tmp, 0o755)  # mkdtemp creates 0700
+        _fsync_path(tmp)
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    previous = _latest_name(root)
+    pointer = {
+        "format": CHECKPOINT_FORMAT,
+        "checkpoint": name,
+        "checkpoint_json_sha256": sha256_file(final / CHECKPOINT_JSON),
+        "global_step": int(meta["global_step"]),
+    }
+    atomic_write_json(root / CHECKPOINT_LATEST, pointer)
+    _fsync_path(root)
+    for old in root.glob("step-*"):  # keep the new one and the one before it (a fallback)
+        if old.name not in (name, previous):
+            shutil.rmtree(old, ignore_errors=True)
+    for stale in root.glob(".step-*"):  # temporary folders of writes that crashed
+        shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def read_checkpoint(path: Path) -> Checkpoint:
+    """Find, read and verify the checkpoint of ``--resume path`` (no tensor is parsed yet).
+
+    ``path`` is a ``--checkpoint-dir`` folder (its ``LATEST.json`` names the checkpoint) or one
+    ``step-*`` folder. Every file's SHA-256 is checked against ``checkpoint.json`` (and that JSON's
+    against ``LATEST.json``); any problem raises :class:`CheckpointError` naming the file.
+    """
+    pointer = path / CHECKPOINT_LATEST
+    expected_sha: str | None = None
+    if pointer.is_file():
+        try:
+            data = json.loads(pointer.read_text(encoding="utf-8"))
+            folder = path / str(data["checkpoint"])
+            expected_sha = str(data["checkpoint_json_sha256"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(
+                f"{pointer}: unreadable ({exc!r}); pass one step-* folder to --resume"
+            ) from exc
+    elif (path / CHECKPOINT_JSON).is_file():
+        folder = path
+    else:
+        raise CheckpointError(
+            f"{path}: no checkpoint (neither {CHECKPOINT_LATEST} nor {CHECKPOINT_JSON}); "
+            "pass the folder that --checkpoint-dir wrote"
+        )
+    fallback = sorted(p.name for p in folder.parent.glob("step-*") if p != folder)
+    advice = (
+        "the file is corrupted or was changed: resume from an intact checkpoint"
+        + (f" (an older one is kept: --resume {folder.parent / fallback[-1]})" if fallback else "")
+        + ", or start a new run without --resume"
+    )
+    meta_path = folder / CHECKPOINT_JSON
+    if not meta_path.is_file():
+        raise CheckpointError(f"{meta_path}: missing; {advice}")
+    if expected_sha is not None and sha256_file(meta_path) != expected_sha:
+        raise CheckpointError(f"{meta_path}: SHA-256 differs from the one in {pointer}; {advice}")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise CheckpointError(f"{meta_path}: not valid JSON ({exc}); {advice}") from exc
+    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT or meta.get("version") != 1:
+        raise CheckpointError(f"{meta_path}: not a version-1 {CHECKPOINT_FORMAT} file")
+    for fname, info in meta["files"].items():
+        fpath = folder / fname
+        if not fpath.is_file():
+            raise CheckpointError(f"{fpath}: missing; {advice}")
+        digest = sha256_file(fpath)
+        if digest != info["sha256"]:
+            raise CheckpointError(
+                f"{fpath}: SHA-256 mismatch (file {digest[:16]}..., "
+                f"{CHECKPOINT_JSON} {info['sha256'][:16]}...); {advice}"
+            )
+    return Checkpoint(folder=folder, meta=meta)
+
+
+def check_resume_config(checkpoint: Checkpoint, cfg: TrainConfig) -> None:
+    """Raise :class:`CheckpointError` listing every config key (except ``PER_CALL_KEYS``) that differs."""
+    saved: dict[str, Any] = checkpoint.meta.get("config", {})
+    now = cfg.to_dict()
+    missing = "<absent>"
+    diffs = [
+        f"{key}: checkpoint {saved.get(key, missing)!r}, now {now.get(key, missing)!r}"
+        for key in sorted(set(saved) | set(now))
+        if key not in PER_CALL_KEYS and saved.get(key, missing) != now.get(key, missing)
+    ]
+    if checkpoint.meta.get("supernet") != SUPERNET_NAME:
+        diffs.append(f"supernet: checkpoint {checkpoint.meta.get('supernet')!r}, now {SUPERNET_NAME!r}")
+    if diffs:
+        raise CheckpointError(
+            f"the config differs from the checkpoint's ({checkpoint.folder / CHECKPOINT_JSON}): "
+            + "; ".join(diffs)
+            + ". A resumed run continues one schedule, so pass the same --config, --set, --epochs and "
+            "--seed as the first call (only " + ", ".join(sorted(PER_CALL_KEYS)) + " may change between "
+            "calls), or start a new run without --resume"
+        )
+
+
+def load_model_state(net: nn.Module, checkpoint: Checkpoint) -> None:
+    """Copy the checkpoint's fp32 model state into ``net`` (same names and shapes required)."""
+    state = checkpoint.tensors("model")
+    own = net.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or shapes:
+        raise CheckpointError(
+            f"the network differs from the checkpoint's: {len(missing)} tensors missing {missing[:3]}, "
+            f"{len(unexpected)} unexpected {unexpected[:3]}, {len(shapes)} of another shape {shapes[:3]}; "
+            "the checkpoint comes from another architecture or code version: start a new run without --resume"
+        )
+    net.load_state_dict(state)  # copies into the existing tensors (device and dtype kept)
+
+
+def optimizer_state_to_files(opt: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Split ``opt.state_dict()`` into tensors (``<param index>.<key>``) and a JSON-able rest."""
+    sd = opt.state_dict()
+    tensors: dict[str, Tensor] = {}
+    scalars: dict[str, Any] = {}
+    for idx, entry in sd["state"].items():
+        for key, value in entry.items():
+            if isinstance(value, Tensor):
+                tensors[f"{idx}.{key}"] = value.detach().to("cpu", copy=True).contiguous()
+            else:
+                scalars[f"{idx}.{key}"] = value
+    groups = [{k: list(v) if isinstance(v, tuple) else v for k, v in g.items()} for g in sd["param_groups"]]
+    return tensors, {"type": type(opt).__name__, "param_groups": groups, "scalars": scalars}
+
+
+def optimizer_state_from_files(tensors: Mapping[str, Tensor], meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The inverse of :func:`optimizer_state_to_files`: a state dict for ``load_state_dict``."""
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in [*tensors.items(), *meta["scalars"].items()]:
+        idx, _, key = name.partition(".")
+        state.setdefault(int(idx), {})[key] = value
+    groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in meta["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
+def train(ctx: Context, metrics: dict[str, Any], resumable: Resumable | None = None) -> None:
+    """Sandwich-rule training with in-place distillation (stage 2 of the module docstring).
+
+    ``resumable`` (``--checkpoint-dir`` / ``--resume``) changes three things: the cosine runs over
+    the planned steps alone (one schedule across all calls; the clock only ends a call), a
+    checkpoint's state is restored before the first step, and one is written when the call stops.
+    Without it the run is the time-aware single call it always was.
+    """
     cfg, net, dev = ctx.cfg, ctx.net, ctx.device
     bsz = cfg.batch_size
     n_train = int(ctx.train_idx.numel())
@@ -778,7 +1090,9 @@ def train(ctx: Context, metrics: dict[str, Any]) -> None:
     warmup_steps = int(round(cfg.warmup_epochs * steps_per_epoch))
     t_train0 = elapsed_s()
     train_budget = max(1.0, ctx.budget_s - cfg.post_reserve_s - t_train0)
-    sched = Schedule(cfg, total_steps, warmup_steps, train_budget)
+    sched = Schedule(
+        cfg, total_steps, warmup_steps, train_budget, time_aware=False if resumable is not None else None
+    )
     groups = param_groups(net, cfg.weight_decay)
     opt: torch.optim.Optimizer
     if cfg.optimizer == "sgd":
@@ -792,7 +1106,7 @@ def train(ctx: Context, metrics: dict[str, Any]) -> None:
     cpu_gen = torch.Generator().manual_seed(cfg.seed + 29)
     dev_gen = torch.Generator(device=dev).manual_seed(cfg.seed + 31)
     resolutions = cfg.resolutions
-    info = {
+    info: dict[str, Any] = {
         "steps_per_epoch": steps_per_epoch,
         "planned_epochs": cfg.epochs,
         "planned_steps": total_steps,
@@ -801,28 +1115,72 @@ def train(ctx: Context, metrics: dict[str, Any]) -> None:
         "train_images": n_train,
     }
     metrics["training"] = {**info, "epochs": [], "stopped_early": False, "stop_reason": None}
+    step = 0
+    start_epoch, start_pos = 0, 0  # the first step's epoch and index within it
+    carry: dict[str, Any] = {"loss_sum": [0.0, 0.0], "steps": 0, "seconds": 0.0}  # a paused epoch
+    if resumable is not None:
+        info["schedule"] = "step-based warm-up + cosine over planned_steps (resumable; the clock ends calls)"
+        info["resumed_from"] = str(resumable.checkpoint.folder) if resumable.checkpoint else None
+        if resumable.checkpoint is not None:
+            restored = _restore_training(
+                resumable.checkpoint,
+                {
+                    "total_steps": total_steps,
+                    "steps_per_epoch": steps_per_epoch,
+                    "warmup_steps": sched.warmup,
+                },
+                opt,
+                py_rng,
+                cpu_gen,
+                dev_gen,
+                dev,
+            )
+            step, start_epoch, start_pos, carry = restored
+            metrics["training"]["epochs"] = list(resumable.checkpoint.meta["epoch_records"])
+            info["resumed_at_step"] = step
+        metrics["training"].update(info)
     ctx.log.event("train_start", **info)
     say(
         f"train: {n_train} images, {steps_per_epoch} steps/epoch x {cfg.epochs} epochs, "
         f"res {resolutions}, budget {train_budget:.0f}s"
+        + (f", resumed at step {step}/{total_steps}" if resumable and resumable.checkpoint else "")
     )
-    step = 0
+    start_step = step
     net.train()
     stop_reason: str | None = None
-    for epoch in range(cfg.epochs):
+    paused = False  # resumable: the call ended before the schedule did (a checkpoint continues it)
+    epoch, pos = start_epoch, start_pos
+    epoch_gen_state = cpu_gen.get_state()
+    for epoch in range(start_epoch, cfg.epochs):
+        # a checkpoint taken inside this epoch redraws the epoch's permutation from this state
+        epoch_gen_state = cpu_gen.get_state()
         t_ep = time.monotonic()
         perm = ctx.train_idx[torch.randperm(n_train, generator=cpu_gen).to(dev)]
         loss_sum = torch.zeros(2, device=dev)
         n_steps = 0
+        first, carried_s = 0, 0.0
+        if epoch == start_epoch and start_pos > 0:  # resumed inside this epoch
+            first, carried_s = start_pos, float(carry["seconds"])
+            loss_sum = torch.tensor(carry["loss_sum"], dtype=torch.float32, device=dev)
+            n_steps = int(carry["steps"])
+        pos = first
         lr = 0.0
-        for s in range(steps_per_epoch):
+        for s in range(first, steps_per_epoch):
             train_elapsed = elapsed_s() - t_train0
-            if step >= sched.warmup and sched.progress(step, train_elapsed) >= 1.0:
-                stop_reason = "time budget: cosine schedule completed on the wall clock"
-                break
-            if train_elapsed >= train_budget:
-                stop_reason = "time budget exhausted during warm-up"
-                break
+            if resumable is not None:
+                if resumable.stop_after_steps is not None and step - start_step >= resumable.stop_after_steps:
+                    stop_reason, paused = f"--stop-after-steps {resumable.stop_after_steps} reached", True
+                    break
+                if train_elapsed >= train_budget:
+                    stop_reason, paused = "time budget of this call reached (resumable run)", True
+                    break
+            else:
+                if step >= sched.warmup and sched.progress(step, train_elapsed) >= 1.0:
+                    stop_reason = "time budget: cosine schedule completed on the wall clock"
+                    break
+                if train_elapsed >= train_budget:
+                    stop_reason = "time budget exhausted during warm-up"
+                    break
             lr = sched.lr(step, train_elapsed)
             for g in opt.param_groups:
                 g["lr"] = lr
@@ -857,10 +1215,18 @@ def train(ctx: Context, metrics: dict[str, Any]) -> None:
             opt.step()
             step += 1
             n_steps += 1
+            pos = s + 1
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
-        ep_time = time.monotonic() - t_ep
+        ep_time = time.monotonic() - t_ep + carried_s
         losses = (loss_sum / max(1, n_steps)).tolist()
+        if resumable is not None and pos < steps_per_epoch:
+            # paused inside the epoch: its sums go into the checkpoint, and the call that completes
+            # the epoch records it (so each epoch is recorded once, whole)
+            carry = {"loss_sum": loss_sum.tolist(), "steps": n_steps, "seconds": ep_time}
+            if not all(math.isfinite(v) for v in losses):
+                stop_reason, paused = "non-finite loss", False
+            break
         record = {
             "epoch": epoch + 1,
             "steps": n_steps,
@@ -899,9 +1265,131 @@ def train(ctx: Context, metrics: dict[str, Any]) -> None:
             "train_s": round(elapsed_s() - t_train0, 1),
         }
     )
+    if resumable is not None:
+        metrics["training"]["paused"] = paused
     if step < total_steps:
         say(f"train: stopped early after {step}/{total_steps} steps ({stop_reason})")
     ctx.log.event("train_end", **{k: v for k, v in metrics["training"].items() if k != "epochs"})
+    if resumable is None or resumable.checkpoint_dir is None:
+        return
+    if stop_reason == "non-finite loss":
+        # the weights are no longer finite: keep the previous checkpoint as the one to resume
+        metrics["warnings"].append("no checkpoint written: non-finite loss")
+        say("train: no checkpoint written (non-finite loss)")
+        return
+    if not paused:  # the schedule is complete: the position is the end of the last epoch
+        epoch, pos, epoch_gen_state = cfg.epochs, 0, cpu_gen.get_state()
+        carry = {"loss_sum": [0.0, 0.0], "steps": 0, "seconds": 0.0}
+    elif pos == 0:  # paused before the epoch's first step
+        carry = {"loss_sum": [0.0, 0.0], "steps": 0, "seconds": 0.0}
+    t_ck = elapsed_s()
+    rng_tensors = {
+        "torch_cpu": torch.get_rng_state(),
+        "cpu_gen_epoch_start": epoch_gen_state,
+        "dev_gen": dev_gen.get_state(),
+    }
+    if dev.type == "cuda":
+        rng_tensors["torch_cuda"] = torch.cuda.get_rng_state(dev)
+    opt_tensors, opt_meta = optimizer_state_to_files(opt)
+    model_tensors = {
+        k: (v.detach().to("cpu", dtype=torch.float32) if v.is_floating_point() else v.detach().cpu()).clone()
+        for k, v in net.state_dict().items()
+    }
+    previous_calls = list(resumable.checkpoint.meta["calls"]) if resumable.checkpoint else []
+    this_call = {
+        "call": len(previous_calls) + 1,
+        "start_step": start_step,
+        "end_step": step,
+        "train_s": metrics["training"]["train_s"],
+        "stop_reason": stop_reason,
+        "budget_s": ctx.budget_s,
+        "device": str(dev),
+        "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    calls = [*previous_calls, this_call]
+    meta = {
+        "format": CHECKPOINT_FORMAT,
+        "version": 1,
+        "supernet": SUPERNET_NAME,
+        "global_step": step,
+        "epoch": epoch,  # 0-based index of the epoch the next step belongs to
+        "step_in_epoch": pos,
+        "epoch_partial": carry,
+        "schedule": {
+            "total_steps": total_steps,
+            "steps_per_epoch": steps_per_epoch,
+            "warmup_steps": sched.warmup,
+            "planned_epochs": cfg.epochs,
+            "complete": step >= total_steps,
+            "rule": "warm-up + cosine over total_steps; step-based in every call of a resumable run",
+        },
+        "epoch_records": metrics["training"]["epochs"],
+        "config": cfg.to_dict(),
+        "device_type": dev.type,
+        "rng": {
+            "python_global": _py_state_to_json(random.getstate()),
+            "numpy_global": _numpy_state_to_json(),
+            "python_sampler": _py_state_to_json(py_rng.getstate()),
+            "tensors": sorted(rng_tensors),  # in the "rng" safetensors shard
+        },
+        "optimizer": opt_meta,
+        **resumable.run_info,
+        "calls": calls,
+        "timings": {"train_s_all_calls": round(sum(float(c["train_s"]) for c in calls), 1)},
+    }
+    folder = write_checkpoint(
+        resumable.checkpoint_dir, {"model": model_tensors, "optimizer": opt_tensors, "rng": rng_tensors}, meta
+    )
+    metrics["training"]["checkpoint"] = {"folder": str(folder), "seconds": round(elapsed_s() - t_ck, 1)}
+    ctx.log.event("checkpoint", folder=str(folder), global_step=step, complete=step >= total_steps)
+    say(f"train: checkpoint at step {step}/{total_steps} -> {folder} ({elapsed_s() - t_ck:.1f}s)")
+
+
+def _restore_training(
+    checkpoint: Checkpoint,
+    schedule: Mapping[str, int],
+    opt: torch.optim.Optimizer,
+    py_rng: random.Random,
+    cpu_gen: torch.Generator,
+    dev_gen: torch.Generator,
+    dev: torch.device,
+) -> tuple[int, int, int, dict[str, Any]]:
+    """Load optimizer and RNG states; return (global step, epoch, index in the epoch, paused-epoch sums)."""
+    meta = checkpoint.meta
+    diffs = [
+        f"{k}: checkpoint {meta['schedule'].get(k)}, now {v}"
+        for k, v in schedule.items()
+        if meta["schedule"].get(k) != v
+    ]
+    if diffs:
+        raise CheckpointError(
+            f"the schedule differs from the checkpoint's ({'; '.join(diffs)}): the training data or the "
+            "config changed; resume with the same --data and config, or start a new run without --resume"
+        )
+    if meta["device_type"] != dev.type:
+        raise CheckpointError(
+            f"the checkpoint was written on {meta['device_type']}, this run is on {dev.type}: the random "
+            "generators differ per device type; resume on the same kind of device (--device)"
+        )
+    try:
+        opt.load_state_dict(optimizer_state_from_files(checkpoint.tensors("optimizer"), meta["optimizer"]))
+    except (ValueError, KeyError) as exc:
+        raise CheckpointError(f"the optimizer state does not fit this network/config ({exc})") from exc
+    rng = checkpoint.tensors("rng")
+    random.setstate(_py_state_from_json(meta["rng"]["python_global"]))
+    np.random.set_state(_numpy_state_from_json(meta["rng"]["numpy_global"]))
+    torch.set_rng_state(rng["torch_cpu"])
+    if dev.type == "cuda":
+        torch.cuda.set_rng_state(rng["torch_cuda"], dev)
+    py_rng.setstate(_py_state_from_json(meta["rng"]["python_sampler"]))
+    cpu_gen.set_state(rng["cpu_gen_epoch_start"])
+    dev_gen.set_state(rng["dev_gen"])
+    return (
+        int(meta["global_step"]),
+        int(meta["epoch"]),
+        int(meta["step_in_epoch"]),
+        dict(meta["epoch_partial"]),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -1118,6 +1606,16 @@ def export(ctx: Context, out_dir: Path, metadata: Mapping[str, Any], metrics: di
 # main
 
 
+def _resumable_summary(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    training = metrics.get("training", {})
+    return {
+        "resumed_from": training.get("resumed_from"),
+        "resumed_at_step": training.get("resumed_at_step"),
+        "paused": training.get("paused"),
+        "checkpoint": training.get("checkpoint", {}).get("folder"),
+    }
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="train_supernet",
@@ -1134,7 +1632,27 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--measure-subnets", type=int, default=None, help="random sub-networks to measure")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default="auto", help="auto | cuda | cuda:N | cpu")
-    return p.parse_args(argv)
+    p.add_argument(
+        "--checkpoint-dir",
+        type=Path,
+        default=None,
+        help="resumable run: write a checkpoint here when training stops (step-based cosine over the "
+        "planned epochs; the time budget only ends this call)",
+    )
+    p.add_argument(
+        "--resume", type=Path, default=None, help="continue the run of this --checkpoint-dir (same config)"
+    )
+    p.add_argument(
+        "--stop-after-steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help="end this call's training after N steps (needs --checkpoint-dir; for splitting a run)",
+    )
+    args = p.parse_args(argv)
+    if args.stop_after_steps is not None and (args.checkpoint_dir is None or args.stop_after_steps < 0):
+        p.error("--stop-after-steps needs --checkpoint-dir and N >= 0")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1152,11 +1670,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         if value is not None:
             overrides.append(f"{key}={json.dumps(value)}")
     cfg = load_config(args.config, overrides)
+    checkpoint: Checkpoint | None = None
+    if args.resume is not None:
+        try:  # before any work: a wrong or damaged checkpoint fails in seconds
+            checkpoint = read_checkpoint(args.resume)
+            check_resume_config(checkpoint, cfg)
+        except CheckpointError as exc:
+            raise SystemExit(f"train_supernet: --resume {args.resume}: {exc}") from exc
     with pointwise_as_matmul(cfg.pointwise_matmul):
-        return _run(args, cfg, argv)
+        return _run(args, cfg, argv, checkpoint)
 
 
-def _run(args: argparse.Namespace, cfg: TrainConfig, argv: Sequence[str] | None) -> int:
+def _run(
+    args: argparse.Namespace,
+    cfg: TrainConfig,
+    argv: Sequence[str] | None,
+    checkpoint: Checkpoint | None = None,
+) -> int:
     out_dir: Path = args.out
     out_dir.mkdir(parents=True, exist_ok=True)
     if args.device == "auto":
@@ -1165,6 +1695,15 @@ def _run(args: argparse.Namespace, cfg: TrainConfig, argv: Sequence[str] | None)
         device = torch.device(args.device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise SystemExit("--device cuda: CUDA is not available")
+
+    def resume_failed(what: str) -> SystemExit:
+        return SystemExit(f"train_supernet: --resume {args.resume}: {what}")
+
+    if checkpoint is not None and checkpoint.meta["device_type"] != device.type:
+        raise resume_failed(
+            f"written on {checkpoint.meta['device_type']}, this run is on {device.type}; the random "
+            "generators differ per device type: resume on the same kind of device (--device)"
+        )
     budget_s = cfg.time_budget_min * 60.0
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -1221,7 +1760,17 @@ def _run(args: argparse.Namespace, cfg: TrainConfig, argv: Sequence[str] | None)
     split = make_split(
         [e.name for e in entries], seed=cfg.split_seed, n_holdout=cfg.holdout_images, n_calib=cfg.calib_images
     )
-    atomic_write_json(out_dir / SPLIT_FILE, split_manifest(split, entries, zip_paths, cfg.split_seed))
+    split_doc = split_manifest(split, entries, zip_paths, cfg.split_seed)
+    atomic_write_json(out_dir / SPLIT_FILE, split_doc)
+    # the data's identity for a resumable run: the split manifest holds the zips' SHA-256 and every name
+    split_sha256 = hashlib.sha256(json.dumps(split_doc, sort_keys=True).encode("utf-8")).hexdigest()
+    if checkpoint is not None and checkpoint.meta["data"]["split_sha256"] != split_sha256:
+        raise resume_failed(
+            f"the training data differ from the checkpoint's (split manifest SHA-256 "
+            f"{checkpoint.meta['data']['split_sha256'][:16]}..., now {split_sha256[:16]}...; checkpoint zips "
+            f"{checkpoint.meta['data']['zips']}): pass the same --data zips, "
+            "or start a new run without --resume"
+        )
     images_cpu, n_resized = decode_images(zip_paths, entries, size=cfg.image_size, threads=cfg.decode_threads)
     position = {e.name: i for i, e in enumerate(entries)}
     holdout_set = set(split["holdout"])
@@ -1253,6 +1802,11 @@ def _run(args: argparse.Namespace, cfg: TrainConfig, argv: Sequence[str] | None)
     net.to(device)
     if cfg.channels_last:
         net.to(memory_format=torch.channels_last)
+    if checkpoint is not None:
+        try:
+            load_model_state(net, checkpoint)
+        except CheckpointError as exc:
+            raise resume_failed(str(exc)) from exc
     metrics["model"] = {
         "name": SUPERNET_NAME,
         "built_by": built_by,
@@ -1279,11 +1833,32 @@ def _run(args: argparse.Namespace, cfg: TrainConfig, argv: Sequence[str] | None)
         budget_s=budget_s,
     )
     write_metrics("training")
+    resumable: Resumable | None = None
+    if args.checkpoint_dir is not None or checkpoint is not None:
+        resumable = Resumable(
+            checkpoint_dir=args.checkpoint_dir,
+            checkpoint=checkpoint,
+            stop_after_steps=args.stop_after_steps,
+            run_info={
+                "data": {
+                    "split_sha256": split_sha256,
+                    "zips": [{"file": x["file"], "sha256": x["sha256"]} for x in split_doc["sources"]],
+                    "n_images": len(entries),
+                    "n_train": len(train_list),
+                },
+                "seeds": metrics["seeds"],
+                "git": metrics["git"],
+                "source_sha256": metrics["source_sha256"],
+                "command": metrics["command"],
+            },
+        )
 
     # ---- train
     t = elapsed_s()
     try:
-        train(ctx, metrics)
+        train(ctx, metrics, resumable)
+    except CheckpointError as exc:  # a checkpoint that does not fit: nothing sensible to export
+        raise resume_failed(str(exc)) from exc
     except Exception as exc:
         stage_failed("train", exc)
         if device.type == "cuda":
@@ -1343,6 +1918,7 @@ def _run(args: argparse.Namespace, cfg: TrainConfig, argv: Sequence[str] | None)
             "epochs_done": metrics.get("training", {}).get("epochs_done"),
             "stopped_early": metrics.get("training", {}).get("stopped_early"),
             "timings_s": dict(metrics["timings"]),
+            **({"resumable": _resumable_summary(metrics)} if resumable is not None else {}),
         },
         "holdout_top1": {
             **metrics["final_holdout_top1"],
