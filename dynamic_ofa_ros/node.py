@@ -16,8 +16,8 @@ Threads: subscriptions only store the newest frame in a single-slot :class:`Late
 thread converts, infers and publishes; services, parameters, timers and subscriptions run on
 one ``SingleThreadedExecutor`` thread (all callbacks are short, so they answer while inference
 runs). rclpy's ``MultiThreadedExecutor`` is not used: in ``dynamic_ofa_ros.node_bench`` its
-dispatch thread spent 22-127 ms of CPU per frame and added up to 1 s (p99) to a frame's latency
-on a 2-core machine, against about 1-2 ms with the single-threaded one (docs/node.md).
+dispatch thread spent 22-78 ms of CPU per frame and added up to 0.7 s (p99) to a frame's
+latency on a 2-core machine, against about 1-2 ms with the single-threaded one (docs/node.md).
 
 See ``docs/node.md`` for topics, services, parameters and the latency definition.
 """
