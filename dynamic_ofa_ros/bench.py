@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import datetime
 import functools
 import json
@@ -54,7 +55,7 @@ from dynamic_ofa_ros.preprocess import to_input_tensor
 from dynamic_ofa_ros.supernet import Supernet, load_supernet
 from dynamic_ofa_ros.timing import atomic_write_text, device_name, percentile
 
-__all__ = ["SAMPLE_CONFIGS", "main", "run_bench"]
+__all__ = ["SAMPLE_CONFIGS", "main", "run_bench", "sample_config"]
 
 #: The issue's sample sub-networks: small / medium / largest.
 SAMPLE_CONFIGS: dict[str, SubnetConfig] = {
@@ -62,6 +63,20 @@ SAMPLE_CONFIGS: dict[str, SubnetConfig] = {
     "medium": SubnetConfig(resolution=176, ks=(5,) * 20, e=(4,) * 20, d=(3,) * 5),
     "large": SubnetConfig(resolution=224, ks=(7,) * 20, e=(6,) * 20, d=(4,) * 5),
 }
+
+
+def sample_config(name: str, resolutions: Sequence[int]) -> SubnetConfig:
+    """``SAMPLE_CONFIGS[name]`` at a resolution the super-network was trained on.
+
+    The samples' resolutions (128/176/224) are OFA ImageNet's; a model trained on another range
+    (the embedded one: 96-160) gets its smallest / middle / largest resolution instead.
+    """
+    config = SAMPLE_CONFIGS[name]
+    choices = sorted(int(r) for r in resolutions)
+    if config.resolution in choices:
+        return config
+    position = {"small": 0, "medium": len(choices) // 2, "large": len(choices) - 1}[name]
+    return dataclasses.replace(config, resolution=choices[position])
 
 
 def _progress(iterable: Any, desc: str, total: int | None = None) -> Any:
@@ -244,9 +259,8 @@ def run_bench(
         unknown = [c for c in configs if c not in SAMPLE_CONFIGS]
         if unknown:
             raise DofaError(f"unknown --configs {unknown}; choose from {sorted(SAMPLE_CONFIGS)}")
-        table = build_level_table(
-            supernet, [SAMPLE_CONFIGS[c] for c in configs], threads=threads, warmup=2, iterations=5
-        )
+        samples = [sample_config(c, supernet.resolutions) for c in configs]
+        table = build_level_table(supernet, samples, threads=threads, warmup=2, iterations=5)
     else:
         table = load_level_table(table_path, supernet=supernet)
     if dev.type == "cuda":

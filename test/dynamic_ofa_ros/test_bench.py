@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dynamic_ofa_ros import embedded
-from dynamic_ofa_ros.bench import SAMPLE_CONFIGS, main
+from dynamic_ofa_ros.bench import SAMPLE_CONFIGS, main, sample_config
 from dynamic_ofa_ros.levels import build_level_table, save_level_table
 from dynamic_ofa_ros.supernet import load_supernet
 
@@ -122,3 +122,27 @@ def test_bench_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> Non
     assert main(["--iterations", "0"]) == 2
     with pytest.raises(SystemExit):
         main(["--image", "big"])
+
+
+def test_sample_configs_use_the_model_resolutions() -> None:
+    from dynamic_ofa_ros.supernet import OFA_RESOLUTIONS
+
+    assert [sample_config(n, OFA_RESOLUTIONS).resolution for n in ("small", "medium", "large")] == [
+        128,
+        176,
+        224,
+    ]
+    embedded_range = (96, 112, 128, 144, 160)
+    picked = [sample_config(n, embedded_range) for n in ("small", "medium", "large")]
+    assert [c.resolution for c in picked] == [128, 128, 160]
+    assert [c.d for c in picked] == [SAMPLE_CONFIGS[n].d for n in ("small", "medium", "large")]
+
+
+def test_bench_default_table_on_the_embedded_model(capsys: pytest.CaptureFixture[str]) -> None:
+    """``make bench`` without a table: the in-process table must fit the embedded model's space."""
+    if not (embedded.EMBEDDED_DIR / embedded.MANIFEST_NAME).exists():
+        pytest.skip("the embedded model is not in this checkout")
+    argv = ["--iterations", "1", "--warmup", "0", "--switches", "2", "--manager-samples", "10"]
+    assert main([*argv, "--image", "64x96", "--reference", "off", "--threads", "1"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert [row["resolution"] for row in printed["levels"]] == [128, 128, 160]
