@@ -78,7 +78,7 @@ COORDINATION_TOPIC = "/dynamic_ofa/coordination"
 #: Budgets above this are rejected as unit mistakes (same bound as the manager's default).
 MAX_BUDGET_MS = 60_000.0
 _WARN_PERIOD_S = 5.0
-#: publishers on the image topic but no frame for this long: warn about transport (see _input_warning)
+#: publishers on the image topic but no frame for this long: warn about transport (see _check_input)
 _NO_FRAMES_WARN_S = 5.0
 _DEVICES = ("auto", "cpu", "cuda")
 _RELIABILITIES = ("best_effort", "reliable")
