@@ -38,8 +38,8 @@ from tqdm import tqdm
 
 from dynamic_ofa_ros.demo import CAMERA_TOPIC, load_photos, start_classifier, stop_process
 from dynamic_ofa_ros.node import default_level_table
-from dynamic_ofa_ros.replay_eval import LockStepPlayer
-from dynamic_ofa_ros.timing import atomic_write_text, device_name, summarize
+from dynamic_ofa_ros.replay_eval import LockStepPlayer, write_result
+from dynamic_ofa_ros.timing import device_name, summarize
 
 NODE_NAME = "dofa_node_bench_classifier"
 _MAX_LOST = 3  # a case with this many lost frames is a transport problem, not a measurement
@@ -241,10 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: writes ``--out`` (and prints the JSON); non-zero if frames were lost."""
     args = _parse(argv)
     result = run(args)
-    text = json.dumps(result, indent=1) + "\n"
-    if args.out is not None:
-        atomic_write_text(args.out, text)
-    print(text)
+    print(write_result(result, args.out))
     return 1 if any(row["lost"] for row in result["runs"]) else 0
 
 

@@ -233,13 +233,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def write_result(result: dict[str, Any], out: Path | None) -> str:
+    """``result`` as indented JSON text, also written atomically to ``out`` when given."""
+    text = json.dumps(result, indent=1) + "\n"
+    if out is not None:
+        atomic_write_text(out, text)
+    return text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: prints one JSON line per level, writes ``--out``; non-zero if frames were lost."""
     args = _parse(argv)
     result = run(args)
-    text = json.dumps(result, indent=1) + "\n"
-    if args.out is not None:
-        atomic_write_text(args.out, text)
+    write_result(result, args.out)
     lost = sum(row["frames"] - row["answered"] for row in result["levels"])
     return 1 if lost else 0
 
