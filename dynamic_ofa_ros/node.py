@@ -57,6 +57,7 @@ from dynamic_ofa_ros.errors import ConstraintError, DofaError, ImageError, Unkno
 from dynamic_ofa_ros.levels import LevelTable, load_level_table
 from dynamic_ofa_ros.manager import MODES, PRIORITIES, Decision, LevelSpec, ManagerConfig, RuntimeManager
 from dynamic_ofa_ros.msg import LevelInfo, ManagerStatus, Prediction
+from dynamic_ofa_ros.paths import config_file, default_level_table, resolve_device
 from dynamic_ofa_ros.preprocess import decode_compressed, image_from_buffer
 from dynamic_ofa_ros.srv import GetLevels, SetConstraints, SetLevel
 from dynamic_ofa_ros.supernet import Supernet, load_supernet
@@ -67,12 +68,10 @@ __all__ = [
     "ClassifierNode",
     "LatestFrame",
     "StartupError",
-    "default_level_table",
     "main",
 ]
 
 NODE_NAME = "dynamic_ofa_classifier"
-PACKAGE = "dynamic_ofa_ros"
 #: Topic on which the nodes of a coordination group exchange their ManagerStatus.
 COORDINATION_TOPIC = "/dynamic_ofa/coordination"
 #: Budgets above this are rejected as unit mistakes (same bound as the manager's default).
@@ -286,39 +285,6 @@ def _choice(name: str, value: str, choices: Sequence[str]) -> str:
     if text not in choices:
         raise StartupError(f"parameter {name}={value!r} is not one of {', '.join(choices)}")
     return text
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` → ``cuda`` when torch sees a GPU, else ``cpu``; ``cpu``/``cuda`` unchanged."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def config_file(relative: str) -> Path:
-    """``config/<relative>`` of the installed package (share dir), else of the source tree."""
-    candidates: list[Path] = []
-    try:
-        from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
-
-        try:
-            candidates.append(Path(get_package_share_directory(PACKAGE)) / "config" / relative)
-        except (PackageNotFoundError, ValueError, LookupError):
-            pass
-    except ImportError:
-        pass
-    candidates.append(Path(__file__).resolve().parent.parent / "config" / relative)
-    for path in candidates:
-        if path.is_file():
-            return path
-    return candidates[0]
-
-
-def default_level_table(device: str) -> Path:
-    """``config/levels/<device>.json`` of the installed package (share dir), else of the source tree."""
-    return config_file(f"levels/{device}.json")
 
 
 def _budget_arg(value: object, what: str) -> float:

@@ -37,7 +37,7 @@ import numpy as np
 from tqdm import tqdm
 
 from dynamic_ofa_ros.demo import CAMERA_TOPIC, load_photos, start_classifier, stop_process
-from dynamic_ofa_ros.node import default_level_table
+from dynamic_ofa_ros.paths import default_level_table
 from dynamic_ofa_ros.replay_eval import LockStepPlayer, write_result
 from dynamic_ofa_ros.timing import device_name, summarize
 

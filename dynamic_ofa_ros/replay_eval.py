@@ -32,7 +32,7 @@ from typing import Any
 from tqdm import tqdm
 
 from dynamic_ofa_ros.demo import CAMERA_TOPIC, read_image_bag, start_classifier, stop_process, write_image_bag
-from dynamic_ofa_ros.node import default_level_table
+from dynamic_ofa_ros.paths import default_level_table
 from dynamic_ofa_ros.timing import atomic_write_text, device_name
 
 NODE_NAME = "dofa_replay_eval_classifier"

@@ -59,7 +59,7 @@ def model(request: pytest.FixtureRequest, core: Any) -> tuple[dict[str, Any], An
         return {"model": "random", "level_table": str(core.table_path)}, core.engine()
     from dynamic_ofa_ros.engine import LevelEngine
     from dynamic_ofa_ros.levels import load_level_table
-    from dynamic_ofa_ros.node import default_level_table
+    from dynamic_ofa_ros.paths import default_level_table
     from dynamic_ofa_ros.supernet import load_supernet
 
     table_path = default_level_table("cpu")
