@@ -35,6 +35,7 @@ from dynamic_ofa_ros.errors import ModelSourceError
 __all__ = [
     "OFA_ZOO_URL_BASE",
     "build_ofa_mbv3",
+    "dynamic_op_module",
     "import_ofa",
     "is_ofa_mbv3",
     "make_divisible",
@@ -116,6 +117,16 @@ def build_ofa_mbv3(
     )
     net.eval()
     return net
+
+
+def dynamic_op_module() -> types.ModuleType:
+    """``ofa``'s elastic dynamic-op module; its global ``F`` is the functional API its layers call.
+
+    Training swaps that ``F`` to compute 1x1 convolutions as matmuls
+    (``offline_tools.training.model.pointwise_as_matmul``).
+    """
+    import_ofa()
+    return importlib.import_module("ofa.imagenet_classification.elastic_nn.modules.dynamic_op")
 
 
 def ofa_zoo_net(net_id: str = SUPERNET_NAME) -> nn.Module:

@@ -21,6 +21,7 @@ the split written by ``offline_tools/train_supernet.py``), ``exclude`` drops lis
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
@@ -45,6 +46,7 @@ __all__ = [
     "ImageSource",
     "RosbagImageSource",
     "ZipImageFolderSource",
+    "decode_rgb_square",
     "open_image_source",
     "read_file_list",
     "read_label_map",
@@ -226,6 +228,24 @@ def _decode(data: bytes, member: str, where: str) -> np.ndarray:
         return decode_compressed(data, fmt=fmt)
     except DofaError as exc:
         raise DatasetError(f"{where}: cannot decode {member}: {exc}") from exc
+
+
+def decode_rgb_square(data: bytes, size: int) -> tuple[np.ndarray, bool]:
+    """Decode an image with Pillow into ``(size, size, 3)`` uint8 RGB; also whether it was resized.
+
+    The training decoder (``offline_tools.training.data``): Pillow, then a bilinear resize only
+    when the image is not ``size`` x ``size`` already (Imagenette's 128 px zips: never). Kept apart
+    from the sources' OpenCV decoding because the trained weights and their resumable runs depend
+    on these exact pixels.
+    """
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        rgb = im.convert("RGB")
+        resized = rgb.size != (size, size)
+        if resized:
+            rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
+        return np.asarray(rgb, dtype=np.uint8), resized
 
 
 def _zip_image_names(file: Path) -> list[str]:
