@@ -52,9 +52,10 @@ from dynamic_ofa_ros.arch import SubnetConfig
 from dynamic_ofa_ros.bn import extract_subnet, load_bn_into_supernet, load_bn_state
 from dynamic_ofa_ros.engine import LevelEngine
 from dynamic_ofa_ros.errors import DofaError
-from dynamic_ofa_ros.levels import LevelTable, build_level_table, load_level_table
+from dynamic_ofa_ros.levels import LevelTable, load_level_table
 from dynamic_ofa_ros.preprocess import to_input_tensor
 from dynamic_ofa_ros.supernet import Supernet, load_supernet
+from dynamic_ofa_ros.table_builder import build_level_table
 from dynamic_ofa_ros.timing import atomic_write_text, device_name, percentile
 
 __all__ = ["SAMPLE_CONFIGS", "main", "run_bench", "sample_config"]

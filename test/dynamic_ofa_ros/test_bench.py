@@ -10,8 +10,9 @@ import torch
 
 from dynamic_ofa_ros import embedded
 from dynamic_ofa_ros.bench import SAMPLE_CONFIGS, main, sample_config
-from dynamic_ofa_ros.levels import build_level_table, save_level_table
+from dynamic_ofa_ros.levels import save_level_table
 from dynamic_ofa_ros.supernet import load_supernet
+from dynamic_ofa_ros.table_builder import build_level_table
 
 torch.set_num_threads(1)
 

@@ -21,9 +21,10 @@ from dynamic_ofa_ros.arch import SubnetConfig
 from dynamic_ofa_ros.bn import extract_subnet, load_bn_state
 from dynamic_ofa_ros.engine import InferenceResult, LevelEngine, topk
 from dynamic_ofa_ros.errors import ImageError, LevelTableError, ModelSourceError, UnknownLevelError
-from dynamic_ofa_ros.levels import LevelTable, build_level_table, load_level_table, save_level_table
+from dynamic_ofa_ros.levels import LevelTable, load_level_table, save_level_table
 from dynamic_ofa_ros.preprocess import to_input_tensor
 from dynamic_ofa_ros.supernet import Supernet, load_supernet
+from dynamic_ofa_ros.table_builder import build_level_table
 
 torch.set_num_threads(1)
 DEADLOCK_S = 120.0  # only to fail instead of hanging; never a performance assertion

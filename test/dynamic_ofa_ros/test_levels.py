@@ -1,6 +1,6 @@
 """Level-table format: a real 3-level CPU table from a random supernet, and every validation error.
 
-The table is built by ``levels.build_level_table`` (extraction, BN calibration on synthetic
+The table is built by ``table_builder.build_level_table`` (extraction, BN calibration on synthetic
 images, profiling, MACs); its accuracy fields are null and it is flagged meaningless.
 """
 
@@ -23,11 +23,11 @@ from dynamic_ofa_ros.levels import (
     Level,
     LevelTable,
     bn_path_for,
-    build_level_table,
     load_level_table,
     save_level_table,
 )
 from dynamic_ofa_ros.supernet import Supernet, load_supernet
+from dynamic_ofa_ros.table_builder import build_level_table
 from dynamic_ofa_ros.timing import sha256_file
 
 torch.set_num_threads(1)

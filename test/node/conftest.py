@@ -54,8 +54,9 @@ class CoreModel:
 def core(tmp_path_factory: pytest.TempPathFactory) -> CoreModel:
     """Random-weight supernet (seed 0) + a three-level CPU table written with the core's own writer."""
     from dynamic_ofa_ros.arch import SubnetConfig
-    from dynamic_ofa_ros.levels import build_level_table, load_level_table, save_level_table
+    from dynamic_ofa_ros.levels import load_level_table, save_level_table
     from dynamic_ofa_ros.supernet import load_supernet
+    from dynamic_ofa_ros.table_builder import build_level_table
 
     supernet = load_supernet("random", allow_random=True)
     configs = [SubnetConfig.from_dict(arch) for arch in _LEVEL_ARCHS]
