@@ -2,7 +2,9 @@
 
 Every error says what is wrong and what to do about it. All derive from
 :class:`DofaError` so a caller (the node, a CLI) can catch them in one place
-and report the message without a traceback.
+and report the message without a traceback. The errors only the design-time tools
+raise (latency tables, accuracy predictors, datasets, search) live in
+:mod:`offline_tools.errors` and derive from :class:`DofaError` too.
 """
 
 from __future__ import annotations
@@ -35,18 +37,3 @@ class ConstraintError(DofaError, ValueError):
 class ImageError(DofaError, ValueError):
     """An input image that cannot be classified (wrong shape, dtype, encoding or size)."""
 
-
-class LatencyTableError(DofaError):
-    """A per-operator latency look-up table is missing, malformed or lacks a resolution."""
-
-
-class AccuracyPredictorError(DofaError):
-    """An accuracy predictor file that cannot be loaded or has the wrong shape."""
-
-
-class DatasetError(DofaError):
-    """An image source (ImageFolder, zip, rosbag topic) with no usable images."""
-
-
-class SearchError(DofaError):
-    """The architecture search could not satisfy the requested constraints."""

@@ -39,8 +39,9 @@ from torch import nn
 from tqdm import tqdm  # type: ignore[import-untyped]
 
 from dynamic_ofa_ros.arch import N_BLOCKS, SubnetConfig
-from dynamic_ofa_ros.errors import AccuracyPredictorError, ArchitectureError, DatasetError
+from dynamic_ofa_ros.errors import ArchitectureError
 from dynamic_ofa_ros.timing import atomic_write_bytes, atomic_write_text, sha256_file
+from offline_tools.errors import AccuracyPredictorError, DatasetError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from dynamic_ofa_ros.supernet import Supernet

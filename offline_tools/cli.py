@@ -30,8 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from dynamic_ofa_ros.arch import SUPERNET_NAME, SearchSpace, SubnetConfig
-from dynamic_ofa_ros.errors import ArchitectureError, DofaError, SearchError
+from dynamic_ofa_ros.errors import ArchitectureError, DofaError
 from dynamic_ofa_ros.timing import atomic_write_text
+from offline_tools.errors import SearchError
 
 __all__ = ["build_parser", "main"]
 

@@ -35,7 +35,8 @@ import numpy as np
 import torch
 from tqdm import tqdm  # type: ignore[import-untyped]
 
-from dynamic_ofa_ros.errors import DatasetError, DofaError
+from dynamic_ofa_ros.errors import DofaError
+from offline_tools.errors import DatasetError
 
 __all__ = [
     "IMAGENETTE_WNIDS",

@@ -55,7 +55,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import yaml
 
 from dynamic_ofa_ros.arch import BLOCKS_PER_STAGE, N_STAGES, SearchSpace, SubnetConfig
-from dynamic_ofa_ros.errors import DofaError, LatencyTableError
+from dynamic_ofa_ros.errors import DofaError
+from offline_tools.errors import LatencyTableError
 
 try:
     import resource

@@ -49,8 +49,8 @@ from typing import Any, Protocol, runtime_checkable
 from tqdm import tqdm  # type: ignore[import-untyped]
 
 from dynamic_ofa_ros.arch import N_BLOCKS, N_STAGES, SearchSpace, SubnetConfig
-from dynamic_ofa_ros.errors import SearchError
 from offline_tools.accuracy import AccuracySource
+from offline_tools.errors import SearchError
 
 __all__ = [
     "Candidate",

@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from dynamic_ofa_ros.arch import N_BLOCKS, N_STAGES, SearchSpace, SubnetConfig
-from dynamic_ofa_ros.errors import AccuracyPredictorError, DatasetError
 from offline_tools.accuracy import (
     OFA_PREDICTOR_URL,
     AccuracySource,
@@ -25,6 +24,7 @@ from offline_tools.accuracy import (
     parse_accuracy_records,
     rank_correlation,
 )
+from offline_tools.errors import AccuracyPredictorError, DatasetError
 
 torch.set_num_threads(1)
 

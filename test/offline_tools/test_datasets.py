@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from dynamic_ofa_ros.errors import DatasetError
 from dynamic_ofa_ros.preprocess import to_input_tensor
 from offline_tools.datasets import (
     IMAGENETTE_WNIDS,
@@ -22,6 +21,7 @@ from offline_tools.datasets import (
     open_image_source,
     read_file_list,
 )
+from offline_tools.errors import DatasetError
 
 torch.set_num_threads(1)
 

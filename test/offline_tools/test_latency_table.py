@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from dynamic_ofa_ros.arch import N_BLOCKS, N_STAGES, SearchSpace, SubnetConfig
-from dynamic_ofa_ros.errors import LatencyTableError
+from offline_tools.errors import LatencyTableError
 from offline_tools.latency_table import (
     METADATA_FILE,
     LatencyCorrection,
