@@ -7,8 +7,10 @@ Percentiles use linear interpolation between closest ranks (NumPy's default
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
+import re
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
@@ -24,11 +26,13 @@ __all__ = [
     "cpu_name",
     "device_kind",
     "device_name",
+    "finite_json",
     "json_default",
     "percentile",
     "sha256_bytes",
     "sha256_file",
     "summarize",
+    "write_json",
 ]
 
 
@@ -164,3 +168,41 @@ def json_default(obj: Any) -> Any:
     if isinstance(obj, os.PathLike):
         return os.fspath(obj)
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def finite_json(obj: object) -> object:
+    """``obj`` with NaN/infinite floats as ``None`` (JSON has no NaN), tuples as lists.
+
+    NumPy scalars are unwrapped (and checked like floats).
+    """
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite_json(v) for v in obj]
+    if hasattr(obj, "item") and hasattr(obj, "dtype") and getattr(obj, "ndim", 1) == 0:
+        return finite_json(obj.item())
+    return obj
+
+
+#: A JSON list of numbers (and nulls) spread over several lines by ``json.dumps(indent=...)``.
+_NUMBER_LIST = re.compile(r"\[\s+([-0-9.eE+,\snul]+?)\s+\]")
+
+
+def write_json(
+    path: str | os.PathLike[str], obj: object, *, indent: int = 1, one_line_numbers: bool = False
+) -> str:
+    """Write ``obj`` as JSON to ``path`` atomically; returns the text.
+
+    Non-finite floats become ``null`` (:func:`finite_json`); NumPy scalars and paths are
+    converted (:func:`json_default`). ``one_line_numbers`` puts every list of numbers on one
+    line (long timelines stay small and readable).
+    """
+    text = json.dumps(finite_json(obj), indent=indent, allow_nan=False, default=json_default)
+    if one_line_numbers:
+        text = _NUMBER_LIST.sub(
+            lambda m: "[" + ",".join(part.strip() for part in m.group(1).split(",")) + "]", text
+        )
+    atomic_write_text(path, text + "\n")
+    return text + "\n"
