@@ -49,8 +49,11 @@ __all__ = [
     "ZipImageFolderSource",
     "decode_rgb_square",
     "open_image_source",
+    "pack_images",
+    "pick_evenly",
     "read_file_list",
     "read_label_map",
+    "read_members",
 ]
 
 #: ImageNet-1k indices of the ten Imagenette classes (fast.ai's subset of ImageNet).
@@ -604,6 +607,54 @@ def open_image_source(
         f"unsupported image source {', '.join(map(str, items))}: give an ImageFolder directory, "
         ".zip file(s) of one, or a rosbag (folder with metadata.yaml, .db3, .mcap, .bag) with --topic"
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Raw files: a few photos picked evenly
+# --------------------------------------------------------------------------------------------
+
+
+def pick_evenly(names: Sequence[str], n: int) -> list[str]:
+    """``n`` names spread evenly over the sorted ``names`` (deterministic; all when there are fewer).
+
+    Spread, not sampled: the picks of a sorted ImageFolder cover every class.
+    """
+    ordered = sorted(names)
+    if len(ordered) <= n:
+        return ordered
+    step = len(ordered) / n
+    return [ordered[int(i * step)] for i in range(n)]
+
+
+def read_members(path: str | os.PathLike[str], n: int | None = None) -> list[tuple[str, bytes]]:
+    """``(member, file bytes)`` of the images of a folder or a zip, sorted; ``n``: :func:`pick_evenly`."""
+    location = Path(path)
+    if location.is_file() and location.suffix.lower() == ".zip":
+        members = ZipImageFolderSource(location, label_map="none").members
+        chosen = pick_evenly(members, len(members) if n is None else n)
+        with zipfile.ZipFile(location) as zf:
+            return [(member, zf.read(member)) for member in chosen]
+    if location.is_dir():
+        members = ImageFolderSource(location, label_map="none").members
+        chosen = pick_evenly(members, len(members) if n is None else n)
+        return [(member, (location / member).read_bytes()) for member in chosen]
+    raise DatasetError(f"{location}: not a folder or a .zip file of images")
+
+
+def pack_images(src: str | os.PathLike[str], dst: str | os.PathLike[str], n: int) -> int:
+    """Copy ``n`` evenly picked images of a folder or zip, bytes unchanged, into a new zip ``dst``.
+
+    For carrying a few real photos to a machine without the data set. Returns the number copied.
+    """
+    from dynamic_ofa_ros.timing import atomic_write_bytes
+
+    picked = read_members(src, n)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as out:
+        for member, data in picked:
+            out.writestr(member, data)
+    atomic_write_bytes(dst, buf.getvalue())
+    return len(picked)
 
 
 # --------------------------------------------------------------------------------------------
