@@ -10,20 +10,25 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 from dynamic_ofa_ros.errors import DofaError
 from dynamic_ofa_ros.levels import LevelTable
 from dynamic_ofa_ros.timing import atomic_write_bytes
 
-__all__ = ["PlotError", "load_search_report", "plot_search", "plot_tables"]
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = ["PlotError", "load_search_report", "plot_search", "plot_tables", "pyplot", "save_png"]
 
 
 class PlotError(DofaError):
     """A figure's input is missing or malformed."""
 
 
-def _pyplot() -> Any:
+def pyplot() -> ModuleType:
+    """``matplotlib.pyplot`` on the Agg backend (no display needed); imported on first use."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -32,12 +37,13 @@ def _pyplot() -> Any:
     return plt
 
 
-def _save(fig: Any, path: str | os.PathLike[str], *, dpi: int) -> Path:
+def save_png(fig: Figure, path: str | os.PathLike[str], *, dpi: int, tight: bool = True) -> Path:
+    """Write ``fig`` to ``path`` (must end in ``.png``) atomically; ``tight``: crop to the content."""
     target = Path(path)
     if target.suffix.lower() != ".png":
         raise PlotError(f"{target}: figures are written as .png")
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight" if tight else None)
     atomic_write_bytes(target, buf.getvalue())
     return target
 
@@ -66,7 +72,7 @@ def plot_search(
     dpi: int = 150,
 ) -> Path:
     """Fig. 3: every evaluated candidate (grey), the Pareto front (line) and the chosen levels (numbered)."""
-    plt = _pyplot()
+    plt = pyplot()
     try:
         cands = [(float(lat), float(acc)) for lat, acc in report["candidates"]]
         front = [(float(p["latency_ms"]), float(p["accuracy"])) for p in report["front"]]
@@ -114,7 +120,7 @@ def plot_search(
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower right")
     try:
-        return _save(fig, path, dpi=dpi)
+        return save_png(fig, path, dpi=dpi)
     finally:
         plt.close(fig)
 
@@ -130,7 +136,7 @@ def plot_tables(
     """Fig. 4: accuracy against latency of each level table (measured accuracy, else predicted, hollow)."""
     if not tables:
         raise PlotError("give at least one level table to plot")
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.0, 4.8))
     for label, table in tables:
         lat = [lv.latency_ms for lv in table.levels]
@@ -163,6 +169,6 @@ def plot_tables(
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     try:
-        return _save(fig, path, dpi=dpi)
+        return save_png(fig, path, dpi=dpi)
     finally:
         plt.close(fig)
