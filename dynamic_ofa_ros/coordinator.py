@@ -140,7 +140,7 @@ class PeerStatus:
             name=name,
             group=group,
             level=state.level,
-            budget_ms=state.budget_ms,
+            budget_ms=state.budget_ms or 0.0,
             window_mean_ms=window.mean_ms if measured and window is not None else 0.0,
             levels=manager.levels,
             min_accuracy=state.min_accuracy,

@@ -389,15 +389,17 @@ class LevelEngine:
         """Use ``level`` from the next frame on: validation + one reference swap (O(1), thread-safe)."""
         self._current = self._runner(level)
 
-    def infer(self, rgb: np.ndarray | torch.Tensor) -> InferenceResult:
-        """Classify one (H, W, 3) uint8 RGB image with the current level.
+    def infer(self, rgb: np.ndarray | torch.Tensor, *, level: int | None = None) -> InferenceResult:
+        """Classify one (H, W, 3) uint8 RGB image with ``level``, else the engine's current level.
 
         ``inference_ms`` covers validation, preprocessing, the model and the copy of the
         probabilities to the host (not a one-off CUDA-graph capture for a new image size).
+        :class:`~dynamic_ofa_ros.classifier.DynamicClassifier` always passes ``level`` (its
+        manager owns the current level); :meth:`switch` serves standalone use (benchmarks).
         """
         start = time.perf_counter()
+        runner = self._current if level is None else self._runner(level)
         check_rgb(rgb, max_pixels=self.max_pixels)
-        runner = self._current
         if self.device.type == "cpu":
             with torch.inference_mode():
                 x = to_input_tensor(rgb, resolution=runner.resolution)

@@ -264,7 +264,7 @@ class WindowSummary:
 class ManagerState:
     """A snapshot of the manager; the first fields mirror the ROS ``ManagerStatus`` message.
 
-    ``budget_ms`` is 0.0 when no budget is set. ``window_mean_ms``/``window_p95_ms``
+    ``budget_ms`` is ``None`` when no budget is set. ``window_mean_ms``/``window_p95_ms``
     cover the last ``window_size`` valid frames (0.0 before the first frame).
     ``slowdown`` is the last complete window's mean over the profiled latency of
     its level (0.0 before the first window). ``last_reaction_frames``/``_ms``:
@@ -276,7 +276,7 @@ class ManagerState:
     level: int
     n_levels: int
     mode: str
-    budget_ms: float
+    budget_ms: float | None
     min_accuracy: float
     window_mean_ms: float
     window_p95_ms: float
@@ -416,18 +416,21 @@ class RuntimeManager:
 
     # ------------------------------------------------------------------ requests
 
-    def set_constraints(self, *, latency_budget_ms: float, min_accuracy: float = 0.0) -> Decision:
+    def set_constraints(
+        self, *, latency_budget_ms: float | None, min_accuracy: float | None = None
+    ) -> Decision:
         """Set the latency budget (ms, end to end) and the accuracy floor (top-1 %).
 
-        Validates both first and raises :class:`ConstraintError` without changing
-        anything when either is unusable. Takes effect for the very next frame: the
+        ``None`` clears a constraint: no budget (the most accurate level allowed runs and no
+        frame counts as a violation), no accuracy floor. Validates both first and raises
+        :class:`ConstraintError` without changing anything when either is unusable. Takes effect for the very next frame: the
         level is chosen now (by the LUT, or by the prediction from the latest
         measurements in ``reactive`` mode), the measurement window restarts and a
         reaction in progress is abandoned. Returns the decision, with ``unmet``
         naming a constraint that the chosen level cannot meet.
         """
-        budget = self._check_budget(latency_budget_ms)
-        floor_acc = _check_accuracy(min_accuracy)
+        budget = None if latency_budget_ms is None else self._check_budget(latency_budget_ms)
+        floor_acc = 0.0 if min_accuracy is None else _check_accuracy(min_accuracy)
         with self._lock:
             self._budget = budget
             self._min_acc = floor_acc
@@ -546,7 +549,7 @@ class RuntimeManager:
                 level=self._level,
                 n_levels=self._n,
                 mode=self._reported_mode(),
-                budget_ms=self._budget if self._budget is not None else 0.0,
+                budget_ms=self._budget,
                 min_accuracy=self._min_acc,
                 window_mean_ms=mean,
                 window_p95_ms=p95,
@@ -714,7 +717,9 @@ class RuntimeManager:
             self._pending_frame = -1
         self._clear_window()
 
-        if budget is None or self._manual or self._mode == "lut":
+        # Without a budget the own rule has nothing to react to, but a coordinator may still
+        # move this model for its peers' sake.
+        if self._manual or self._mode == "lut" or (budget is None and self._policy is None):
             self._unmet = self._unmet_for(level)
             return None
         target: int | None = None
@@ -729,6 +734,9 @@ class RuntimeManager:
                     )
                 self._slack = 0
         if target is None:
+            if budget is None:
+                self._unmet = self._unmet_for(level)
+                return None
             target, reason = self._reactive_rule(violated, budget)
         if target == level:
             self._unmet = self._unmet_for(level)

@@ -177,7 +177,7 @@ def test_config_is_keyword_only() -> None:
 def test_no_budget_runs_the_most_accurate_level() -> None:
     run = make(budget=None)
     state = run.manager.status()
-    assert state.level == 5 and state.budget_ms == 0.0 and state.unmet == "" and state.mode == "lut"
+    assert state.level == 5 and state.budget_ms is None and state.unmet == "" and state.mode == "lut"
     drive(run, 3 * W, lambda f, lvl: 500.0)
     assert run.manager.current_level == 5 and state.violations == 0
 
@@ -217,6 +217,13 @@ def test_lut_choice_with_accuracy_floor(
     assert state.min_accuracy == min_accuracy and state.budget_ms == budget
 
 
+def test_none_clears_a_constraint() -> None:
+    run = make(budget=20.0, min_accuracy=70.0)
+    run.manager.set_constraints(latency_budget_ms=None, min_accuracy=None)
+    state = run.manager.status()
+    assert state.budget_ms is None and state.min_accuracy == 0.0 and state.level == state.n_levels
+
+
 @pytest.mark.parametrize(
     ("budget", "min_accuracy"),
     [
@@ -230,7 +237,7 @@ def test_lut_choice_with_accuracy_floor(
         (30.0, -1.0),
         (30.0, 100.5),
         (30.0, math.nan),
-        (30.0, None),
+        (30.0, "70"),
     ],
 )
 def test_rejected_constraints_leave_the_previous_in_force(budget: object, min_accuracy: object) -> None:
