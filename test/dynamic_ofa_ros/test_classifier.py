@@ -17,7 +17,6 @@ import torch
 
 from dynamic_ofa_ros.arch import SubnetConfig
 from dynamic_ofa_ros.classifier import ClassifierConfig, DynamicClassifier
-from dynamic_ofa_ros.coordinator import PeerStatus
 from dynamic_ofa_ros.engine import LevelEngine
 from dynamic_ofa_ros.errors import ConstraintError, ImageError, UnknownLevelError
 from dynamic_ofa_ros.levels import LevelTable, load_level_table, save_level_table
