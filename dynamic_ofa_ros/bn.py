@@ -59,13 +59,14 @@ def extract_subnet(supernet_net: nn.Module, config: SubnetConfig) -> nn.Module:
     return sub.to(device).eval()
 
 
-def _active_state(net: Any) -> tuple[list[int], list[int], list[int]]:
+# `net` is an OFAMobileNetV3: `ofa` is untyped, so its elastic attributes are Any.
+def _active_state(net: Any) -> tuple[list[int], list[int], list[int]]:  # noqa: ANN401
     ks = [int(block.conv.active_kernel_size) for block in net.blocks[1:]]
     e = [int(block.conv.active_expand_ratio) for block in net.blocks[1:]]
     return ks, e, [int(d) for d in net.runtime_depth]
 
 
-def _restore_active_state(net: Any, saved: tuple[list[int], list[int], list[int]]) -> None:
+def _restore_active_state(net: Any, saved: tuple[list[int], list[int], list[int]]) -> None:  # noqa: ANN401
     ks, e, d = saved
     net.set_active_subnet(ks=ks, e=e, d=d)
 
@@ -205,11 +206,10 @@ def calibrate_bn(
             layer.reset_running_stats()
             layer.train()
         with torch.no_grad():
-            for batch in batches:
+            for given in batches:
                 if max_images is not None and used >= max_images:
                     break
-                if max_images is not None and used + batch.shape[0] > max_images:
-                    batch = batch[: max_images - used]
+                batch = given if max_images is None else given[: max_images - used]
                 if batch.shape[0] == 0:
                     continue
                 size = int(batch.shape[0])
@@ -237,12 +237,12 @@ def count_macs(module: nn.Module, resolution: int) -> float:
     probe = copy.deepcopy(module).to("cpu").float().eval()
     total = [0]
 
-    def conv_hook(layer: nn.Module, _inp: Any, out: torch.Tensor) -> None:
+    def conv_hook(layer: nn.Module, _inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
         assert isinstance(layer, nn.Conv2d)
         kh, kw = layer.kernel_size
         total[0] += out.numel() * (layer.in_channels // layer.groups) * kh * kw
 
-    def linear_hook(layer: nn.Module, _inp: Any, out: torch.Tensor) -> None:
+    def linear_hook(layer: nn.Module, _inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
         assert isinstance(layer, nn.Linear)
         total[0] += out.numel() // layer.out_features * layer.in_features * layer.out_features
 

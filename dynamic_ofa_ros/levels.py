@@ -181,23 +181,25 @@ def _fail(where: str, message: str) -> LevelTableError:
     return LevelTableError(f"{where}: {message}")
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(float(value))
 
 
-def _number(
-    item: Mapping[str, Any], key: str, where: str, *, optional: bool, low: float | None = None
-) -> Any:
+def _optional_number(item: Mapping[str, object], key: str, where: str) -> float | None:
+    """``item[key]`` as a float, None when absent or null; raises unless it is a finite number."""
     value = item.get(key)
     if value is None:
-        if optional:
-            return None
-        raise _fail(f"{where}.{key}", "missing; it must be a number")
-    if not _is_number(value):
+        return None
+    if not isinstance(value, (int, float)) or not _is_number(value):
         raise _fail(f"{where}.{key}", f"{value!r} is not a finite number")
-    if low is not None and float(value) < low:
-        raise _fail(f"{where}.{key}", f"{value!r} must be at least {low:g}")
     return float(value)
+
+
+def _required_number(item: Mapping[str, object], key: str, where: str) -> float:
+    value = _optional_number(item, key, where)
+    if value is None:
+        raise _fail(f"{where}.{key}", "missing; it must be a number")
+    return value
 
 
 def _int_list(item: Mapping[str, Any], key: str, length: int, where: str) -> list[int]:
@@ -212,7 +214,7 @@ def _int_list(item: Mapping[str, Any], key: str, length: int, where: str) -> lis
     return list(value)
 
 
-def _parse_level(item: Any, index: int, space: SearchSpace | None, file: str) -> Level:
+def _parse_level(item: object, index: int, space: SearchSpace | None, file: str) -> Level:
     where = f"{file}: levels[{index}]"
     if not isinstance(item, dict):
         raise _fail(where, f"expected an object, got {type(item).__name__}")
@@ -235,14 +237,14 @@ def _parse_level(item: Any, index: int, space: SearchSpace | None, file: str) ->
             space.check(config)
     except ArchitectureError as exc:
         raise _fail(where, f"{exc}; the level is outside the super-network's search space") from exc
-    latency = _number(item, "latency_ms", where, optional=False)
+    latency = _required_number(item, "latency_ms", where)
     if latency <= 0:
         raise _fail(f"{where}.latency_ms", f"{latency} must be positive (milliseconds)")
-    p95 = _number(item, "latency_p95_ms", where, optional=True)
+    p95 = _optional_number(item, "latency_p95_ms", where)
     if p95 is not None and p95 < latency:
         raise _fail(f"{where}.latency_p95_ms", f"{p95} is below latency_ms={latency} (the p50)")
-    accuracy = _number(item, "accuracy", where, optional=True)
-    predicted = _number(item, "predicted_accuracy", where, optional=True)
+    accuracy = _optional_number(item, "accuracy", where)
+    predicted = _optional_number(item, "predicted_accuracy", where)
     for key, value in (("accuracy", accuracy), ("predicted_accuracy", predicted)):
         if value is not None and not 0.0 <= value <= 100.0:
             raise _fail(f"{where}.{key}", f"{value} must be a top-1 percentage within 0..100")
@@ -251,7 +253,7 @@ def _parse_level(item: Any, index: int, space: SearchSpace | None, file: str) ->
         raise _fail(f"{where}.accuracy_dataset", f"{dataset!r} must be a string or null")
     if accuracy is not None and not dataset:
         raise _fail(f"{where}.accuracy_dataset", "must name the data set the accuracy was measured on")
-    macs = _number(item, "macs_m", where, optional=True)
+    macs = _optional_number(item, "macs_m", where)
     if macs is not None and macs <= 0:
         raise _fail(f"{where}.macs_m", f"{macs} must be positive (millions of MACs)")
     extra = {k: v for k, v in item.items() if k not in _LEVEL_FIELDS}
@@ -307,7 +309,8 @@ def _check_order(levels: Sequence[Level], file: str) -> None:
             )
 
 
-def _parse_header(data: Any, file: str) -> dict[str, Any]:
+def _parse_header(data: object, file: str) -> dict[str, Any]:
+    """The table's top-level object with every header field checked (levels are parsed later)."""
     if not isinstance(data, dict):
         raise _fail(file, f"the table must be a JSON object, got {type(data).__name__}")
     if data.get("format") != TABLE_FORMAT:
@@ -325,7 +328,15 @@ def _parse_header(data: Any, file: str) -> dict[str, Any]:
     for key in ("profiling", "supernet", "calibration"):
         if not isinstance(data.get(key), dict):
             raise _fail(f"{file}: {key}", f"must be an object, got {type(data.get(key)).__name__}")
-    supernet = data["supernet"]
+    _check_supernet_identity(data["supernet"], file)
+    _check_bn_reference(data.get("bn_file"), data.get("bn_sha256"), file)
+    levels = data.get("levels")
+    if not isinstance(levels, list) or not levels:
+        raise _fail(f"{file}: levels", "must be a non-empty list")
+    return data
+
+
+def _check_supernet_identity(supernet: Mapping[str, object], file: str) -> None:
     if not isinstance(supernet.get("name"), str):
         raise _fail(f"{file}: supernet.name", "must be a string")
     sha = supernet.get("sha256")
@@ -333,7 +344,10 @@ def _parse_header(data: Any, file: str) -> dict[str, Any]:
         raise _fail(f"{file}: supernet.sha256", f"{sha!r} is not a 64-digit lower-case hex SHA-256")
     if "meaningful_accuracy" in supernet and not isinstance(supernet["meaningful_accuracy"], bool):
         raise _fail(f"{file}: supernet.meaningful_accuracy", "must be true or false")
-    bn_file, bn_sha = data.get("bn_file"), data.get("bn_sha256")
+
+
+def _check_bn_reference(bn_file: object, bn_sha: object, file: str) -> None:
+    """``bn_file`` is a relative file name with its SHA-256, or both are null (a family)."""
     if bn_file is not None:
         if (
             not isinstance(bn_file, str)
@@ -346,10 +360,6 @@ def _parse_header(data: Any, file: str) -> dict[str, Any]:
             raise _fail(f"{file}: bn_sha256", f"{bn_sha!r} is not a 64-digit lower-case hex SHA-256")
     elif bn_sha is not None:
         raise _fail(f"{file}: bn_sha256", "is set but bn_file is null")
-    levels = data.get("levels")
-    if not isinstance(levels, list) or not levels:
-        raise _fail(f"{file}: levels", "must be a non-empty list")
-    return data
 
 
 def _group_bn(
@@ -434,7 +444,7 @@ def _kind(device: str) -> str:
 
 
 def _validate(
-    data: Any,
+    data: object,
     *,
     file: str,
     supernet: Supernet | None,
@@ -559,7 +569,7 @@ def load_level_table(
     )
 
 
-def _compact_json(obj: Any) -> str:
+def _compact_json(obj: object) -> str:
     text = json.dumps(obj, indent=2, allow_nan=False)
     # one line per list of numbers (ks/e/d), which keeps tables readable
     return re.sub(

@@ -75,9 +75,33 @@ _REQUIRED: dict[str, type | tuple[type, ...]] = {
 
 
 def read_manifest(directory: str | os.PathLike[str] = EMBEDDED_DIR) -> dict[str, Any]:
-    """Read and validate ``manifest.json`` of an embedded-model folder; raise :class:`ModelSourceError`."""
+    """Read and validate ``manifest.json`` of an embedded-model folder.
+
+    Args:
+        directory: the embedded-model folder (default: the one shipped in this package).
+
+    Returns:
+        The manifest, every field of the format present with the right type.
+
+    Raises:
+        ModelSourceError: the file is missing, unreadable, or any field is wrong; the message
+            names the field and what to do.
+    """
     folder = Path(directory)
     path = folder / MANIFEST_NAME
+    manifest = _load_json_object(folder, path)
+    _check_fields(path, manifest)
+    _check_shards(path, manifest["shards"])
+    for key in ("ks_list", "expand_ratio_list", "depth_list", "resolutions"):
+        if not manifest[key] or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in manifest[key]
+        ):
+            raise ModelSourceError(f"{path}: field {key!r} must be a non-empty list of integers")
+    return manifest
+
+
+def _load_json_object(folder: Path, path: Path) -> dict[str, Any]:
+    """The manifest file parsed, which must be a JSON object."""
     if not path.is_file():
         if folder.resolve() == EMBEDDED_DIR:
             raise ModelSourceError(
@@ -95,6 +119,11 @@ def read_manifest(directory: str | os.PathLike[str] = EMBEDDED_DIR) -> dict[str,
         ) from exc
     if not isinstance(manifest, dict):
         raise ModelSourceError(f"{path}: the manifest must be a JSON object")
+    return manifest
+
+
+def _check_fields(path: Path, manifest: dict[str, Any]) -> None:
+    """Every required field present with its type; format, version and dtype supported."""
     for key, kind in _REQUIRED.items():
         if key not in manifest:
             raise ModelSourceError(
@@ -113,9 +142,13 @@ def read_manifest(directory: str | os.PathLike[str] = EMBEDDED_DIR) -> dict[str,
         )
     if manifest["dtype"] not in ("float16", "float32"):
         raise ModelSourceError(f"{path}: dtype {manifest['dtype']!r} must be float16 or float32")
-    if not manifest["shards"]:
+
+
+def _check_shards(path: Path, shards: list[Any]) -> None:
+    """At least one shard, each with a plain file name, a checksum and a size."""
+    if not shards:
         raise ModelSourceError(f"{path}: the manifest lists no shards")
-    for i, shard in enumerate(manifest["shards"]):
+    for i, shard in enumerate(shards):
         if (
             not isinstance(shard, dict)
             or not isinstance(shard.get("file"), str)
@@ -127,12 +160,6 @@ def read_manifest(directory: str | os.PathLike[str] = EMBEDDED_DIR) -> dict[str,
             )
         if "/" in shard["file"] or "\\" in shard["file"] or shard["file"].startswith("."):
             raise ModelSourceError(f"{path}: shards[{i}].file {shard['file']!r} must be a plain file name")
-    for key in ("ks_list", "expand_ratio_list", "depth_list", "resolutions"):
-        if not manifest[key] or not all(
-            isinstance(v, int) and not isinstance(v, bool) for v in manifest[key]
-        ):
-            raise ModelSourceError(f"{path}: field {key!r} must be a non-empty list of integers")
-    return manifest
 
 
 def read_state(
