@@ -7,6 +7,7 @@ without ROS.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 __all__ = ["PACKAGE", "config_file", "default_level_table", "resolve_device"]
@@ -29,10 +30,9 @@ def config_file(relative: str) -> Path:
     except ImportError:  # a pip install without ROS: only the source tree's config/
         pass
     else:
-        try:
+        # OSError: ament_index_python installed but no ROS environment (AMENT_PREFIX_PATH unset)
+        with contextlib.suppress(PackageNotFoundError, ValueError, LookupError, OSError):
             candidates.append(Path(get_package_share_directory(PACKAGE)) / "config" / relative)
-        except (PackageNotFoundError, ValueError, LookupError):
-            pass
     candidates.append(Path(__file__).resolve().parent.parent / "config" / relative)
     for path in candidates:
         if path.is_file():
@@ -46,7 +46,7 @@ def default_level_table(device: str) -> Path:
     Args:
         device: ``"cpu"`` or ``"cuda"`` (an index such as ``"cuda:1"`` is ignored).
     """
-    return config_file(f"levels/{device.split(':')[0]}.json")
+    return config_file(f"levels/{device.split(':', 1)[0]}.json")
 
 
 def resolve_device(device: str) -> str:

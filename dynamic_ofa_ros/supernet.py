@@ -106,7 +106,7 @@ class Supernet:
 
 
 def state_dict_sha256(module: nn.Module | Mapping[str, torch.Tensor]) -> str:
-    """The weights checksum used everywhere (hex SHA-256).
+    r"""The weights checksum used everywhere (hex SHA-256).
 
     Definition (version 1): SHA-256 over the header ``b"dynamic_ofa_ros.state_dict_sha256.v1\\n"``
     followed, for every **floating-point** entry of ``module.state_dict()`` in sorted key
@@ -321,7 +321,7 @@ def _from_checkpoint(path: Path, *, device: str | torch.device) -> Supernet:
             state: Mapping[str, Any] = {}
             with safe_open(str(path), framework="pt") as fh:
                 raw_meta = fh.metadata() or {}
-                state = {key: fh.get_tensor(key) for key in fh.keys()}
+                state = {key: fh.get_tensor(key) for key in fh.keys()}  # noqa: SIM118 (safe_open has no __iter__)
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             raise ModelSourceError(f"{path}: not a readable safetensors file ({exc})") from exc
         if "dynamic_ofa_ros" in raw_meta:

@@ -6,6 +6,7 @@ Percentiles use linear interpolation between closest ranks (NumPy's default
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -15,7 +16,7 @@ import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Self
+from typing import Self
 
 import torch
 
@@ -132,10 +133,8 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         os.chmod(tmp, 0o644)
         os.replace(tmp, target)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise
 
 
@@ -161,10 +160,15 @@ def sha256_file(path: str | os.PathLike[str], *, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def json_default(obj: Any) -> Any:
-    """``json.dumps(default=...)`` helper for NumPy scalars and paths."""
-    if hasattr(obj, "item"):
-        return obj.item()
+def json_default(obj: object) -> object:
+    """``json.dumps(default=...)`` helper for NumPy scalars and paths.
+
+    Raises:
+        TypeError: ``obj`` is neither a scalar with ``.item()`` nor a path (as ``json`` expects).
+    """
+    item = getattr(obj, "item", None)
+    if callable(item):
+        return item()
     if isinstance(obj, os.PathLike):
         return os.fspath(obj)
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
