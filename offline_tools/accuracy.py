@@ -42,6 +42,7 @@ from dynamic_ofa_ros.arch import N_BLOCKS, SubnetConfig
 from dynamic_ofa_ros.errors import ArchitectureError
 from dynamic_ofa_ros.timing import atomic_write_bytes, atomic_write_text, sha256_file
 from offline_tools.errors import AccuracyPredictorError, DatasetError
+from offline_tools.stats import spearman_rank_correlation as rank_correlation
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from dynamic_ofa_ros.supernet import Supernet
@@ -535,34 +536,6 @@ def parse_accuracy_records(
             f"{where}: every {target_key} is ≤ 1; accuracies must be in percent (0..100), not fractions"
         )
     return out
-
-
-def _ranks(values: np.ndarray) -> np.ndarray:
-    order = np.argsort(values, kind="mergesort")
-    ranks = np.empty(len(values), dtype=np.float64)
-    sorted_vals = values[order]
-    i = 0
-    while i < len(values):
-        j = i
-        while j + 1 < len(values) and sorted_vals[j + 1] == sorted_vals[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2.0
-        i = j + 1
-    return ranks
-
-
-def rank_correlation(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> float:
-    """Spearman's rank correlation (ties get average ranks); NaN for fewer than 2 points or constant input."""
-    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if len(x) != len(y):
-        raise ValueError("rank_correlation: inputs differ in length")
-    if len(x) < 2:
-        return math.nan
-    rx, ry = _ranks(x), _ranks(y)
-    rx -= rx.mean()
-    ry -= ry.mean()
-    denom = math.sqrt(float((rx * rx).sum() * (ry * ry).sum()))
-    return float((rx * ry).sum() / denom) if denom > 0 else math.nan
 
 
 def _train_mlp(

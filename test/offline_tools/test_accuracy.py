@@ -217,7 +217,10 @@ def test_rank_correlation() -> None:
     assert rank_correlation([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert rank_correlation([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     assert rank_correlation([1, 2, 2, 3], [1, 2, 2, 3]) == pytest.approx(1.0)
-    assert np.isnan(rank_correlation([1], [2]))
+    # offline_tools.stats rule: fewer than 2 points is a caller error, a constant side gives NaN
+    with pytest.raises(ValueError, match="at least 2 points"):
+        rank_correlation([1], [2])
+    assert np.isnan(rank_correlation([1, 2], [3, 3]))
 
 
 # ----------------------------------------------------------------------------------- cache

@@ -1,4 +1,4 @@
-"""Tests of offline_tools.latency_table: OFA tables, prediction, errors, profiling, validation."""
+"""Tests of offline_tools.latency.table: OFA tables, prediction, errors, saving, the correction."""
 
 from __future__ import annotations
 
@@ -10,17 +10,13 @@ import pytest
 
 from dynamic_ofa_ros.arch import N_BLOCKS, N_STAGES, SearchSpace, SubnetConfig
 from offline_tools.errors import LatencyTableError
-from offline_tools.latency_table import (
+from offline_tools.latency.geometry import MobileNetV3Geometry
+from offline_tools.latency.table import (
     METADATA_FILE,
     LatencyCorrection,
     LatencyTable,
-    MobileNetV3Geometry,
-    OperatorSpec,
     fit_correction,
-    main,
-    profile_latency_table,
-    spearman_rank_correlation,
-    validate_latency_table,
+    summarize_samples,
 )
 
 JETSON_RESOLUTIONS = tuple(range(160, 225, 4))
@@ -44,48 +40,6 @@ def write_synthetic_table(directory: Path, resolutions: tuple[int, ...] = (96, 1
         data = {op.key: {"count": 10, "mean": 1.0 + 0.001 * i, "std": 0.01} for i, op in enumerate(ops)}
         (directory / f"{r}_lookup_table.json").write_text(json.dumps(data), encoding="utf-8")
     return directory
-
-
-# ------------------------------------------------------------------------------ geometry and keys
-
-
-def test_space_has_96_operators_per_resolution_with_ofa_key_format() -> None:
-    geometry = MobileNetV3Geometry()
-    ops = geometry.space_operators(224)
-    assert len(ops) == 96
-    keys = {op.key for op in ops}
-    assert (
-        "expanded_conv-input:56x56x32-output:28x28x48-expand:192-kernel:5-stride:2-idskip:0-se:1-hs:0" in keys
-    )
-    assert "Conv-input:224x224x3-output:112x112x24" in keys
-    assert "Logits-input:1x1x1536-output:1000" in keys
-    for op in ops:
-        assert OperatorSpec.from_key(op.key) == op
-
-
-def test_operator_keys_follow_the_architecture() -> None:
-    table = LatencyTable({160: {}}, name="empty")
-    cfg = SubnetConfig(resolution=160, ks=(7,) * 20, e=(4,) * 20, d=(2, 3, 4, 2, 3))
-    keys = table.operator_keys(cfg)
-    assert len(keys) == 2 + sum(cfg.d) + 4
-    assert keys[0] == "Conv-input:160x160x3-output:80x80x24"
-    assert (
-        keys[1]
-        == "expanded_conv-input:80x80x24-output:80x80x24-expand:24-kernel:3-stride:1-idskip:1-se:0-hs:0"
-    )
-    assert keys[2].startswith(
-        "expanded_conv-input:80x80x24-output:40x40x32-expand:96-kernel:7-stride:2-idskip:0"
-    )
-    assert keys[-4] == "Conv_1-input:5x5x192-output:5x5x1152"
-    # skipped blocks' ks/e do not change the keys
-    other = SubnetConfig(resolution=160, ks=cfg.ks[:3] + (3,) + cfg.ks[4:], e=cfg.e, d=cfg.d)
-    assert table.operator_keys(other) == keys
-
-
-def test_malformed_keys_are_rejected() -> None:
-    for bad in ("Foo-input:1x1x1-output:1x1x1", "Conv-input:axbxc-output:1x1x1", "expanded_conv-input:8x8x8"):
-        with pytest.raises(LatencyTableError):
-            OperatorSpec.from_key(bad)
 
 
 # ------------------------------------------------------------------------------ OFA / Jetson tables
@@ -205,10 +159,7 @@ def test_save_roundtrip_correction_and_overwrite(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------ statistics
 
 
-def test_spearman_and_fit() -> None:
-    assert spearman_rank_correlation([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
-    assert spearman_rank_correlation([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
-    assert spearman_rank_correlation([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(0.9486833, rel=1e-6)
+def test_fit_correction() -> None:
     raw = [5.0, 7.0, 11.0, 20.0]
     fit = fit_correction(raw, [1.2 * x + 3.0 for x in raw])
     assert fit.scale == pytest.approx(1.2) and fit.offset_ms == pytest.approx(3.0)
@@ -216,91 +167,9 @@ def test_spearman_and_fit() -> None:
         fit_correction([5.0, 5.0], [6.0, 7.0])
 
 
-# ------------------------------------------------------------------------------ profiling and validation
-
-
-def test_tiny_profile_roundtrip_and_validate(tmp_path: Path) -> None:
-    small = uniform(64, ks=3, e=3, d=2)
-    other = uniform(64, ks=5, e=4, d=2)
-    large = uniform(64, ks=7, e=6, d=3)
-    table = profile_latency_table(
-        device="cpu",
-        resolutions=[64],
-        configs=[small, other, large],
-        warmup=1,
-        iterations=3,
-        rounds=2,
-        progress=False,
-    )
-    assert table.resolutions == (64,)
-    assert table.metadata["mode"] == "eager" and table.metadata["threads"] == 1
-    assert table.metadata["subset"] is True
-    assert all(table.entry(64, k).count >= 1 for k in table.keys(64))
-    out = table.save(tmp_path / "cpu")
-    loaded = LatencyTable.load(out)
-    assert loaded.predict(small) == pytest.approx(table.predict(small))
-    assert loaded.metadata["torch"] and loaded.metadata["device_name"]
-    assert json.loads((out / METADATA_FILE).read_text())["format"] == "dynamic_ofa_ros.latency_table"
-
-    report = validate_latency_table(
-        loaded,
-        configs=[small, other, large],
-        warmup=1,
-        iterations=2,
-        rounds=1,
-        fit=True,
-        paired=True,
-        progress=False,
-    )
-    assert "fitted_correction" in report or "fit_error" in report
-    for field in ("n_subnets", "device", "device_name", "mode", "threads", "clock", "raw", "subnets"):
-        assert field in report
-    for block in ("raw", "raw_wall", "paired"):
-        assert set(report[block]) >= {"mean_abs_pct_error", "max_abs_pct_error", "spearman"}
-    assert report["n_subnets"] == 3 and len(report["subnets"]) == 3
-    assert report["subnets"][0]["measured_ms"] > 0
-
-
-def test_profile_bad_options() -> None:
-    with pytest.raises(LatencyTableError, match="CUDA"):
-        profile_latency_table(device="cpu", mode="cuda_graph", resolutions=[64], progress=False)
-    with pytest.raises(LatencyTableError, match="no resolutions"):
-        profile_latency_table(resolutions=[], progress=False)
-    with pytest.raises(LatencyTableError, match="resolution 63"):
-        profile_latency_table(resolutions=[63], progress=False)
-
-
-def test_cli_reports_errors_without_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["validate", "--table", str(tmp_path / "missing"), "--no-progress"]) == 2
-    assert "error:" in capsys.readouterr().err
-
-
-@pytest.mark.cuda
-def test_cuda_graph_profile_and_validate_tiny(tmp_path: Path) -> None:
-    small = uniform(64, ks=3, e=3, d=2)
-    large = uniform(64, ks=7, e=6, d=3)
-    table = profile_latency_table(
-        device="cuda",
-        mode="cuda_graph",
-        resolutions=[64],
-        configs=[small, large],
-        warmup=2,
-        iterations=4,
-        rounds=2,
-        progress=False,
-    )
-    assert table.metadata["mode"] == "cuda_graph" and table.metadata["clock"] == "cuda_events"
-    assert 0 < table.predict(small) < table.predict(large)
-    loaded = LatencyTable.load(table.save(tmp_path / "gpu"))
-    report = validate_latency_table(
-        loaded,
-        configs=[small, large],
-        device="cuda",
-        mode="cuda_graph",
-        iterations=4,
-        rounds=2,
-        paired=True,
-        progress=False,
-    )
-    assert report["clock"] == "cuda_events" and report["subnets"][1]["measured_ms"] > 0
-    assert "paired" in report
+def test_summarize_samples_keeps_the_fastest_half() -> None:
+    stats = summarize_samples([1.0, 2.0, 3.0, 100.0])
+    assert stats.count == 2 and stats.mean == pytest.approx(1.5) and stats.std == pytest.approx(0.5)
+    assert summarize_samples([4.0]).to_dict() == {"count": 1, "mean": 4.0, "std": 0.0}
+    with pytest.raises(LatencyTableError, match="no timing samples"):
+        summarize_samples([])
