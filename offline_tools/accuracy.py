@@ -216,9 +216,11 @@ OFA_ENCODING = PredictorEncoding()
 # --------------------------------------------------------------------------------------------
 
 
-def _range_of(value: Any, *, where: str) -> tuple[float, float] | None:
+def _range_of(value: object, *, where: str) -> tuple[float, float] | None:
     if value is None:
         return None
+    if not isinstance(value, Iterable):
+        raise AccuracyPredictorError(f"{where}: output_range {value!r} is not [low, high]")
     try:
         lo, hi = (float(v) for v in value)
     except (TypeError, ValueError):
@@ -412,7 +414,7 @@ class MLPAccuracyPredictor:
         try:
             with safe_open(str(file), framework="pt") as fh:
                 raw_meta = fh.metadata() or {}
-                state = {key: fh.get_tensor(key) for key in fh.keys()}
+                state = {key: fh.get_tensor(key) for key in fh.keys()}  # noqa: SIM118 (safe_open has no __iter__)
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             raise AccuracyPredictorError(f"{file}: not a readable safetensors file ({exc})") from exc
         if _META_KEY not in raw_meta:
@@ -575,7 +577,33 @@ def _train_mlp(
         return model
 
 
-def fit_mlp_predictor(
+def _average_per_architecture(
+    pairs: Sequence[tuple[SubnetConfig, float]],
+) -> tuple[list[SubnetConfig], np.ndarray]:
+    """The distinct architectures (sorted by key) and the mean accuracy of each; at least 10."""
+    merged: dict[str, tuple[SubnetConfig, list[float]]] = {}
+    for cfg, acc in pairs:
+        merged.setdefault(cfg.key(), (cfg, []))[1].append(acc)
+    if len(merged) < 10:
+        raise AccuracyPredictorError(
+            f"fit-predictor: {len(merged)} distinct architectures; need at least 10 measured records"
+        )
+    keys = sorted(merged)
+    y = np.array([float(np.mean(merged[k][1])) for k in keys], dtype=np.float64)
+    return [merged[k][0] for k in keys], y
+
+
+def _holdout_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded split of ``range(n)`` into (held-out, training) index arrays, each sorted."""
+    if not 0.0 < fraction < 1.0:
+        raise AccuracyPredictorError(f"fit-predictor: holdout_fraction={fraction} must be in (0, 1)")
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    n_hold = max(2, int(round(n * fraction)))
+    return np.array(sorted(order[:n_hold])), np.array(sorted(order[n_hold:]))
+
+
+def fit_mlp_predictor(  # noqa: PLR0913 (keyword-only options, one per `dofa-levels fit-predictor` flag)
     records: Sequence[tuple[SubnetConfig, float]] | Sequence[Mapping[str, Any]],
     *,
     base_resolution: int,
@@ -611,24 +639,9 @@ def fit_mlp_predictor(
     else:
         pairs = [(cfg, float(acc)) for cfg, acc in records]  # type: ignore[misc]
     encoding = PredictorEncoding(base_resolution=base_resolution, step=step, n_slots=n_slots)
-    merged: dict[str, list[Any]] = {}
-    for cfg, acc in pairs:
-        entry = merged.setdefault(cfg.key(), [cfg, []])
-        entry[1].append(acc)
-    if len(merged) < 10:
-        raise AccuracyPredictorError(
-            f"fit-predictor: {len(merged)} distinct architectures; need at least 10 measured records"
-        )
-    keys = sorted(merged)
-    cfgs = [merged[k][0] for k in keys]
-    y = np.array([float(np.mean(merged[k][1])) for k in keys], dtype=np.float64)
+    cfgs, y = _average_per_architecture(pairs)
     x = encoding.encode(cfgs)  # raises for resolutions outside the encoding
-    if not 0.0 < holdout_fraction < 1.0:
-        raise AccuracyPredictorError(f"fit-predictor: holdout_fraction={holdout_fraction} must be in (0, 1)")
-    order = list(range(len(keys)))
-    random.Random(seed).shuffle(order)
-    n_hold = max(2, int(round(len(keys) * holdout_fraction)))
-    hold, train = np.array(sorted(order[:n_hold])), np.array(sorted(order[n_hold:]))
+    hold, train = _holdout_split(len(cfgs), holdout_fraction, seed)
     offset = float(y[train].mean())
     scale = float(y[train].std()) or 1.0
 
@@ -653,7 +666,7 @@ def fit_mlp_predictor(
         pred_train = model(torch.from_numpy(x[train])).reshape(-1).double().numpy() * scale + offset
     report = {
         "n_records": len(pairs),
-        "n_architectures": len(keys),
+        "n_architectures": len(cfgs),
         "n_train": int(len(train)),
         "n_holdout": int(len(hold)),
         "holdout_rmse": float(np.sqrt(np.mean((pred_hold - y[hold]) ** 2))),
@@ -670,7 +683,7 @@ def fit_mlp_predictor(
     }
     if refit_all:
         offset, scale = float(y.mean()), float(y.std()) or 1.0
-        model = train_on(np.arange(len(keys)), offset, scale, "fit (all records)")
+        model = train_on(np.arange(len(cfgs)), offset, scale, "fit (all records)")
     return MLPAccuracyPredictor(
         model=model,
         encoding=encoding,

@@ -29,7 +29,7 @@ import zipfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, TypedDict, Unpack, cast, runtime_checkable
 
 import numpy as np
 import torch
@@ -37,6 +37,9 @@ from tqdm import tqdm  # type: ignore[import-untyped]
 
 from dynamic_ofa_ros.errors import DofaError
 from offline_tools.errors import DatasetError
+
+if TYPE_CHECKING:
+    from rosbags.highlevel import AnyReader
 
 __all__ = [
     "IMAGENETTE_WNIDS",
@@ -203,14 +206,31 @@ def _select(
     return members
 
 
-def _list_tag(spec: Any) -> str:
+#: A file list: a text file of member names (one per line) or the names themselves.
+_FileList = str | os.PathLike[str] | Sequence[str]
+
+
+class _SourceOptions(TypedDict, total=False):
+    """The keyword options of every folder/zip source (see :class:`_MemberSource`)."""
+
+    label_map: Mapping[str, int] | str | None
+    files: _FileList | None
+    exclude: _FileList | None
+    sample: int | None
+    limit: int | None
+    seed: int
+
+
+def _list_tag(spec: _FileList) -> str:
     """A file list as it appears in a source's name: the file's name (no folders) or a count."""
     if isinstance(spec, str | os.PathLike):
         return Path(spec).name
     return f"{len(spec)} names"
 
 
-def _subset_tag(files: Any, exclude: Any, sample: int | None, limit: int | None, seed: int) -> str:
+def _subset_tag(
+    files: _FileList | None, exclude: _FileList | None, sample: int | None, limit: int | None, seed: int
+) -> str:
     parts = []
     if files is not None:
         parts.append(f"files={_list_tag(files)}")
@@ -426,7 +446,7 @@ class ConcatSource:
 class _ZipGroup(_MemberSource):
     """Several zips treated as one member space (file lists may span them, e.g. train part1 + part2)."""
 
-    def __init__(self, paths: Sequence[Path], **options: Any) -> None:
+    def __init__(self, paths: Sequence[Path], **options: Unpack[_SourceOptions]) -> None:
         self.paths = list(paths)
         self._owner: dict[str, Path] = {}
         super().__init__(Path("+".join(p.name for p in self.paths)), **options)
@@ -453,6 +473,24 @@ class _ZipGroup(_MemberSource):
 # --------------------------------------------------------------------------------------------
 # Rosbag
 # --------------------------------------------------------------------------------------------
+
+
+class _CompressedImageMessage(Protocol):
+    """The fields of ``sensor_msgs/msg/CompressedImage`` read here."""
+
+    data: np.ndarray
+    format: str
+
+
+class _ImageMessage(Protocol):
+    """The fields of ``sensor_msgs/msg/Image`` read here."""
+
+    data: np.ndarray
+    width: int
+    height: int
+    step: int
+    encoding: str
+    is_bigendian: int
 
 
 class RosbagImageSource:
@@ -492,7 +530,7 @@ class RosbagImageSource:
         self._count = len(chosen)
         self._name = f"{self.path.name}:{topic}{_subset_tag(None, None, sample, limit, seed)} ({self._count})"
 
-    def _open(self) -> Any:
+    def _open(self) -> AnyReader:
         from rosbags.highlevel import AnyReader
         from rosbags.typesys import Stores, get_typestore
 
@@ -529,18 +567,21 @@ class RosbagImageSource:
             for index, (conn, _ts, raw) in enumerate(reader.messages(connections=conns)):
                 if index not in self._indices:
                     continue
+                # rosbags types a message by its name at run time: deserialize() returns object.
                 msg = reader.deserialize(raw, conn.msgtype)
                 try:
                     if conn.msgtype.endswith("CompressedImage"):
-                        rgb = decode_compressed(bytes(msg.data), fmt=str(msg.format) or "jpeg")
+                        packed = cast(_CompressedImageMessage, msg)
+                        rgb = decode_compressed(bytes(packed.data), fmt=str(packed.format) or "jpeg")
                     else:
+                        image = cast(_ImageMessage, msg)
                         rgb = image_from_buffer(
-                            memoryview(msg.data),
-                            width=int(msg.width),
-                            height=int(msg.height),
-                            step=int(msg.step),
-                            encoding=str(msg.encoding),
-                            is_bigendian=bool(msg.is_bigendian),
+                            image.data,
+                            width=int(image.width),
+                            height=int(image.height),
+                            step=int(image.step),
+                            encoding=str(image.encoding),
+                            is_bigendian=bool(image.is_bigendian),
                         )
                 except DofaError as exc:
                     raise DatasetError(f"{self.path}:{self.topic} message {index}: {exc}") from exc
@@ -586,23 +627,24 @@ def open_image_source(
         return RosbagImageSource(items[0], topic=topic, sample=sample, limit=limit, seed=seed)
     if topic is not None:
         raise DatasetError(f"--topic is only for rosbags; {items[0]} is not one")
-    kwargs: dict[str, Any] = {
+    kwargs: _SourceOptions = {
         "label_map": label_map,
         "files": files,
         "exclude": exclude,
         "sample": sample,
         "limit": limit,
+        "seed": seed,
     }
     if all(p.is_file() and p.suffix.lower() == ".zip" for p in items):
         if len(items) == 1:
-            return ZipImageFolderSource(items[0], seed=seed, **kwargs)
-        return _ZipGroup(items, seed=seed, **kwargs)
+            return ZipImageFolderSource(items[0], **kwargs)
+        return _ZipGroup(items, **kwargs)
     if len(items) == 1 and items[0].is_dir():
-        return ImageFolderSource(items[0], seed=seed, **kwargs)
+        return ImageFolderSource(items[0], **kwargs)
     if all(p.is_dir() for p in items):
         if files is not None or exclude is not None:
             raise DatasetError("file lists need a single folder (or zips)")
-        return ConcatSource([ImageFolderSource(p, seed=seed, **kwargs) for p in items])
+        return ConcatSource([ImageFolderSource(p, **kwargs) for p in items])
     raise DatasetError(
         f"unsupported image source {', '.join(map(str, items))}: give an ImageFolder directory, "
         ".zip file(s) of one, or a rosbag (folder with metadata.yaml, .db3, .mcap, .bag) with --topic"
