@@ -1,7 +1,7 @@
 """The demo's building blocks without ROS transport: photos, per-phase statistics, table, plot.
 
 The full demo (``make demo``) runs the installed node for about two minutes; its ROS parts (bag
-writing/reading, the player) are exercised by test_rosbag_replay.py.
+writing/reading, the player) are exercised by test/node/test_rosbag_replay.py.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 def test_load_photos_from_skimage_and_folder(tmp_path: Path) -> None:
     import cv2
 
-    from dynamic_ofa_ros.demo import FRAME_SIZE, load_photos
+    from dynamic_ofa_ros.ros_tools.photos import FRAME_SIZE, load_photos
 
     pytest.importorskip("skimage", reason="scikit-image ships the demo photos")
     frames, where = load_photos(None)
@@ -32,15 +32,8 @@ def test_load_photos_from_skimage_and_folder(tmp_path: Path) -> None:
 
 
 def test_phase_statistics_table_and_plot(tmp_path: Path) -> None:
-    from dynamic_ofa_ros.demo import (
-        NODE_A,
-        NODE_B,
-        Recorder,
-        Sample,
-        format_table,
-        phase_result,
-        plot_timeline,
-    )
+    from dynamic_ofa_ros.ros_tools.report import Recorder, Sample, format_table, phase_result, plot_timeline
+    from dynamic_ofa_ros.ros_tools.scenario import NODE_A, NODE_B
 
     recorder = Recorder(t0=0.0)
     for i in range(40):
@@ -75,7 +68,7 @@ def test_phase_statistics_table_and_plot(tmp_path: Path) -> None:
 
 
 def test_demo_help(capsys: Any) -> None:
-    from dynamic_ofa_ros.demo import main
+    from dynamic_ofa_ros.ros_tools.demo import main
 
     with pytest.raises(SystemExit) as info:
         main(["--help"])

@@ -1,4 +1,4 @@
-"""``dynamic_ofa_ros.node_bench``: what the running node adds to the engine, measured end to end."""
+"""``dynamic_ofa_ros.ros_tools.node_bench``: what the running node adds to the engine, measured end to end."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_node_bench_reports_overhead_against_engine(tmp_path: Path) -> None:
-    from dynamic_ofa_ros import node_bench
+    from dynamic_ofa_ros.ros_tools import node_bench
 
     table = REPO / "config" / "levels" / "cpu.json"
     if not table.is_file():

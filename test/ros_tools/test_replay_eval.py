@@ -1,4 +1,4 @@
-"""``dynamic_ofa_ros.replay_eval``: labelled photos through the installed node, per level."""
+"""``dynamic_ofa_ros.ros_tools.replay_eval``: labelled photos through the installed node, per level."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_replay_eval_measures_top1_through_the_node(shared_dir: Path, tmp_path: Path) -> None:
-    from dynamic_ofa_ros import replay_eval
+    from dynamic_ofa_ros.ros_tools import replay_eval
 
     photos = shared_dir / "datasets" / "imagenette" / "val-224px.zip"
     if not photos.is_file():
