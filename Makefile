@@ -92,7 +92,7 @@ demo: build
 
 bench: build
 	$(ROS_ENV) dofa-bench --device cpu $(BENCH_ARGS)
-	$(ROS_ENV) python -m dynamic_ofa_ros.node_bench --device cpu $(NODE_BENCH_ARGS)
+	$(ROS_ENV) python -m dynamic_ofa_ros.ros_tools.node_bench --device cpu $(NODE_BENCH_ARGS)
 
 # An interactive shell in the ROS environment (venv + install/setup.bash).
 shell: build

@@ -38,7 +38,7 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS_REQUIRE = {
-    # photos for the demo (dynamic_ofa_ros.demo, which also needs ROS)
+    # photos for the demo (dynamic_ofa_ros.ros_tools.demo, which also needs ROS)
     "demo": ["scikit-image"],
     "dev": ["pytest>=8", "pytest-timeout", "ruff", "mypy", "types-PyYAML"],
 }

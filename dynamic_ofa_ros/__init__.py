@@ -1,7 +1,8 @@
 """Dynamic-OFA for ROS 2: runtime switching between OFA sub-networks to keep a latency budget.
 
 The ROS-free core (``arch``, ``supernet``, ``levels``, ``engine``, ``manager``, ``coordinator``,
-``preprocess``) imports no rclpy; ``node`` and ``demo`` are the ROS 2 front end.
+``preprocess``) imports no rclpy; ``node`` is the ROS 2 front end, ``ros_tools`` the
+tools around it (demo, replay_eval, node_bench).
 """
 
 from pkgutil import extend_path

@@ -19,7 +19,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # (install destination below the prefix, executable, module, function)
 ENTRY_POINTS = [
     ("lib/dynamic_ofa_ros", "classifier_node", "dynamic_ofa_ros.node", "main"),
-    ("lib/dynamic_ofa_ros", "demo", "dynamic_ofa_ros.demo", "main"),
+    ("lib/dynamic_ofa_ros", "demo", "dynamic_ofa_ros.ros_tools.demo", "main"),
     ("bin", "dofa-bench", "dynamic_ofa_ros.bench", "main"),
     ("bin", "dofa-levels", "offline_tools.cli", "main"),
 ]

@@ -2,7 +2,7 @@
 
 The bag (sqlite3, ``sensor_msgs/msg/Image`` rgb8 at 5 fps) is read back with ``rosbags``,
 deserialized with rclpy from its CDR bytes and published with the recorded timing and stamps
-by the demo's ``BagPlayer`` (a reliable publisher, as ``ros2 bag play`` uses). Every
+by the ROS tools' ``BagPlayer`` (a reliable publisher, as ``ros2 bag play`` uses). Every
 prediction carries the stamp of one bag message, and its top-1 class (and probabilities)
 equal the core's on the same image at the level the node reported.
 
@@ -76,8 +76,8 @@ def test_rosbag_replay_matches_core(
 ) -> None:
     from sensor_msgs.msg import Image
 
-    from dynamic_ofa_ros.demo import BagPlayer, read_image_bag, write_image_bag
     from dynamic_ofa_ros.msg import Prediction
+    from dynamic_ofa_ros.ros_tools.bags import BagPlayer, read_image_bag, write_image_bag
 
     images, labels = _imagenette(shared_dir)
     params, engine = model
