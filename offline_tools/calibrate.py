@@ -37,6 +37,7 @@ from dynamic_ofa_ros.timing import device_kind, device_name, summarize
 from offline_tools.accuracy import calibrated_subnet, top1_accuracy
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
+    from dynamic_ofa_ros.engine import LevelEngine
     from dynamic_ofa_ros.supernet import Supernet
     from offline_tools.datasets import ImageSet
 
@@ -146,12 +147,12 @@ def measure_engine_latency(
     return results, mode
 
 
-def _engine_mode(engine: Any) -> dict[str, Any]:
+def _engine_mode(engine: LevelEngine) -> dict[str, Any]:
     """The execution mode the engine chose (what the latencies were measured in)."""
-    per_level = list(getattr(engine, "execution", {}).values())
+    per_level = list(engine.execution.values())
     modes = sorted({str(v.get("mode")) for v in per_level}) or ["eager"]
     info: dict[str, Any] = {"mode": modes[0] if len(modes) == 1 else "+".join(modes)}
-    if getattr(engine, "threads", None) is not None:
+    if engine.threads is not None:
         info["threads"] = engine.threads
     if any(v.get("half") for v in per_level):
         info["dtype"] = "float16 where faster" if not all(v.get("half") for v in per_level) else "float16"
@@ -160,7 +161,52 @@ def _engine_mode(engine: Any) -> dict[str, Any]:
     return info
 
 
-def calibrate_levels(
+@dataclass(frozen=True)
+class _RunOptions:
+    """How :func:`calibrate_levels` runs the sub-networks (the keyword options it was given)."""
+
+    device: str
+    threads: int | None
+    cuda_graphs: bool
+    batch_size: int
+    warmup: int
+    iterations: int
+    progress: bool
+
+
+@dataclass
+class _Family:
+    """The architectures to calibrate, with what the family already knew about them."""
+
+    configs: list[SubnetConfig]
+    predicted: dict[str, float | None]
+    extra: dict[str, Any]
+
+    @classmethod
+    def read(cls, family: LevelTable | Sequence[SubnetConfig]) -> _Family:
+        if isinstance(family, LevelTable):
+            return cls(
+                configs=[lv.config for lv in family.levels],
+                predicted={lv.config.key(): lv.predicted_accuracy for lv in family.levels},
+                extra=dict(family.extra),
+            )
+        return cls(configs=list(family), predicted={}, extra={})
+
+
+@dataclass
+class _Calibrated:
+    """Per architecture key: BN statistics, MMACs and (when measured) top-1 %."""
+
+    states: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    macs: dict[str, float] = field(default_factory=dict)
+    accuracy: dict[str, float] = field(default_factory=dict)
+
+
+#: Per architecture key: (p50 ms, p95 ms or None).
+_Latencies = dict[str, tuple[float, float | None]]
+
+
+def calibrate_levels(  # noqa: PLR0913 (keyword-only options, one per `dofa-levels calibrate` flag)
     supernet: Supernet,
     family: LevelTable | Sequence[SubnetConfig],
     *,
@@ -181,27 +227,99 @@ def calibrate_levels(
 ) -> CalibrationResult:
     """Calibrate, evaluate and profile every level of ``family`` (see the module docstring).
 
-    ``threads`` is the engine's CPU thread count (what the latencies are measured with);
-    ``compute_threads`` the thread count of BN calibration and evaluation (default: ``threads``,
-    else torch's current setting) — e.g. all cores for the offline work, 1 for the latency.
-    ``family``: a level table/family (its ``predicted_accuracy`` values are kept) or architectures.
-    ``validation``: labelled images for top-1 (``None``: no accuracy measured). ``latency_from``:
-    copy ``latency_ms``/``latency_p95_ms`` of the same architectures from that table (and its
-    ``profiling``/``device``) instead of measuring here. ``min_step``: also drop a level less than
-    this many points more accurate than the previous kept one (default 0: the measured Pareto
-    front). Returns the table (not yet written).
-    """
-    from dynamic_ofa_ros import bn
+    Args:
+        supernet: the super-network the levels are extracted from.
+        family: a level table/family (its ``predicted_accuracy`` values are kept) or architectures.
+        calibration: images for the BN statistics.
+        validation: labelled images for top-1 (``None``: no accuracy measured).
+        device: where calibration, evaluation and profiling run.
+        threads: the engine's CPU thread count (what the latencies are measured with).
+        compute_threads: the thread count of BN calibration and evaluation (default: ``threads``,
+            else torch's current setting) — e.g. all cores for the offline work, 1 for the latency.
+        cuda_graphs: let the engine capture CUDA graphs (as at run time).
+        batch_size: images per batch for calibration and evaluation.
+        warmup: untimed frames per level before profiling.
+        iterations: timed frames per level.
+        latency_from: copy ``latency_ms``/``latency_p95_ms`` of the same architectures from that
+            table (and its ``profiling``/``device``) instead of measuring here.
+        device_label: the table's ``device`` (default: the device kind).
+        min_step: also drop a level less than this many points more accurate than the previous
+            kept one (default 0: the measured Pareto front).
+        extra: extra top-level fields for the table.
+        progress: show progress bars.
 
+    Returns:
+        The table (not yet written), the time each phase took, the dropped levels and notes.
+
+    Raises:
+        CalibrationError: an empty family, an architecture outside the model or at a resolution
+            it was not trained at, unlabelled validation images, or ``latency_from`` lacking levels.
+    """
     started = time.perf_counter()
-    if isinstance(family, LevelTable):
-        configs = [lv.config for lv in family.levels]
-        predicted = {lv.config.key(): lv.predicted_accuracy for lv in family.levels}
-        family_extra = dict(family.extra)
-    else:
-        configs = list(family)
-        predicted = {}
-        family_extra = {}
+    parsed = _Family.read(family)
+    configs = parsed.configs
+    _check_family(supernet, configs)
+    if validation is not None and not validation.labelled:
+        raise CalibrationError(f"{validation.name}: the validation images have no labels")
+    measure_accuracy = validation is not None and supernet.meaningful_accuracy
+    notes: list[str] = []
+    if validation is not None and not supernet.meaningful_accuracy:
+        notes.append("random weights: accuracy not measured (it would be meaningless)")
+    copied = None if latency_from is None else _copied_latencies(latency_from, configs)
+    run = _RunOptions(device, threads, cuda_graphs, batch_size, warmup, iterations, progress)
+
+    previous_threads = _with_threads(compute_threads if compute_threads is not None else threads)
+    seconds: dict[str, float] = {}
+    try:
+        t0 = time.perf_counter()
+        calibrated = _calibrate_and_evaluate(
+            supernet, configs, calibration, validation if measure_accuracy else None, run
+        )
+        seconds["calibrate_and_evaluate"] = time.perf_counter() - t0
+        torch.set_num_threads(previous_threads)
+        _with_threads(threads)
+        header = _header(
+            supernet,
+            calibration=calibration,
+            device=device,
+            threads=threads,
+            warmup=warmup,
+            iterations=iterations,
+            batch_size=batch_size,
+            device_label=device_label,
+        )
+        t0 = time.perf_counter()
+        if latency_from is not None and copied is not None:
+            _use_profiling_of(header, latency_from)
+            latencies = copied
+        else:
+            image = calibration.images[0] if validation is None else validation.images[0]
+            latencies = _measured_latencies(supernet, configs, calibrated, header, image, run)
+        seconds["latency"] = time.perf_counter() - t0
+    finally:
+        torch.set_num_threads(previous_threads)
+
+    kept, dropped = _measured_front(configs, latencies, calibrated.accuracy, parsed.predicted, min_step)
+    dataset = validation.name if measure_accuracy and validation is not None else None
+    levels, bn_by_level = _numbered_levels(kept, latencies, calibrated, parsed.predicted, dataset)
+    seconds["total"] = time.perf_counter() - started
+    table_extra = {**parsed.extra, **(extra or {})}
+    table_extra.pop("search_levels_dropped", None)
+    table = LevelTable(
+        device=header["device"],
+        device_name=header["device_name"],
+        profiling=header["profiling"],
+        supernet=header["supernet"],
+        calibration=header["calibration"],
+        levels=levels,
+        bn=bn_by_level,
+        extra=table_extra,
+    )
+    return CalibrationResult(table=table, seconds=seconds, dropped=dropped, notes=notes)
+
+
+def _check_family(supernet: Supernet, configs: Sequence[SubnetConfig]) -> None:
+    """Every architecture a sub-network of ``supernet`` at a resolution it was trained at."""
     if not configs:
         raise CalibrationError("the family has no levels")
     space = supernet.search_space(
@@ -221,162 +339,166 @@ def calibrate_levels(
                 f"({min(supernet.resolutions)}..{max(supernet.resolutions)});"
                 " search with the model's resolutions"
             )
-    if validation is not None and not validation.labelled:
-        raise CalibrationError(f"{validation.name}: the validation images have no labels")
-    measure_accuracy = validation is not None and supernet.meaningful_accuracy
-    notes: list[str] = []
-    if validation is not None and not supernet.meaningful_accuracy:
-        notes.append("random weights: accuracy not measured (it would be meaningless)")
-    latency_rows: dict[str, tuple[float, float | None]] = {}
-    if latency_from is not None:
-        for lv in latency_from.levels:
-            latency_rows[lv.config.key()] = (lv.latency_ms, lv.latency_p95_ms)
-        missing = [c.key() for c in configs if c.key() not in latency_rows]
-        if missing:
-            raise CalibrationError(
-                f"--latency-from table {latency_from.path or ''} has no level for {len(missing)} of the "
-                f"architectures (e.g. {missing[0]}); it must be a table of the same family"
-            )
 
-    previous_threads = _with_threads(compute_threads if compute_threads is not None else threads)
-    seconds: dict[str, float] = {}
-    states: dict[str, dict[str, torch.Tensor]] = {}
-    macs: dict[str, float] = {}
-    accuracy: dict[str, float] = {}
-    try:
-        t0 = time.perf_counter()
-        order = sorted(range(len(configs)), key=lambda i: (configs[i].resolution, i))
-        for i in tqdm(order, desc="calibrate levels", disable=not progress, leave=False):
-            cfg = configs[i]
-            module = calibrated_subnet(supernet, cfg, calibration, batch_size=batch_size, device=device)
-            states[cfg.key()] = bn.bn_state(module)
-            macs[cfg.key()] = float(bn.count_macs(module, cfg.resolution))
-            if measure_accuracy:
-                assert validation is not None
-                accuracy[cfg.key()] = top1_accuracy(
-                    module,
-                    validation,
-                    cfg.resolution,
-                    batch_size=batch_size,
-                    device=device,
-                    progress=progress,
-                    desc=f"top-1 {cfg.key()[:24]}",
-                )
-            del module
-        seconds["calibrate_and_evaluate"] = time.perf_counter() - t0
-        torch.set_num_threads(previous_threads)
-        _with_threads(threads)
 
-        dataset = validation.name if measure_accuracy and validation is not None else None
-        provisional = [
-            Level(
-                level=n,
-                config=cfg,
-                latency_ms=float(n),
-                accuracy=None,
-                predicted_accuracy=None,
-                macs_m=round(macs[cfg.key()], 3),
-            )
-            for n, cfg in enumerate(configs, start=1)
-        ]
-        header = _header(
-            supernet,
-            calibration=calibration,
-            device=device,
-            threads=threads,
-            warmup=warmup,
-            iterations=iterations,
-            batch_size=batch_size,
-            device_label=device_label,
+def _copied_latencies(latency_from: LevelTable, configs: Sequence[SubnetConfig]) -> _Latencies:
+    """The latencies of ``configs`` in ``latency_from``, which must have all of them."""
+    rows = {lv.config.key(): (lv.latency_ms, lv.latency_p95_ms) for lv in latency_from.levels}
+    missing = [c.key() for c in configs if c.key() not in rows]
+    if missing:
+        raise CalibrationError(
+            f"--latency-from table {latency_from.path or ''} has no level for {len(missing)} of the "
+            f"architectures (e.g. {missing[0]}); it must be a table of the same family"
         )
-        t0 = time.perf_counter()
-        if latency_from is not None:
-            lat = {cfg.key(): latency_rows[cfg.key()] for cfg in configs}
-            header["device"] = latency_from.device
-            header["device_name"] = latency_from.device_name
-            header["profiling"] = {**latency_from.profiling, "latency_from": str(latency_from.path or "")}
-        else:
-            temp = LevelTable(
-                device=header["device"],
-                device_name=header["device_name"],
-                profiling=header["profiling"],
-                supernet=header["supernet"],
-                calibration=header["calibration"],
-                levels=provisional,
-                bn={lv.level: states[lv.config.key()] for lv in provisional},
-            )
-            image = calibration.images[0] if validation is None else validation.images[0]
-            measured, mode = measure_engine_latency(
-                supernet,
-                temp,
-                image,
-                device=device,
-                threads=threads,
-                cuda_graphs=cuda_graphs,
-                warmup=warmup,
-                iterations=iterations,
-                progress=progress,
-            )
-            header["profiling"].update(mode)
-            lat = {lv.config.key(): measured[lv.level] for lv in provisional}
-        seconds["latency"] = time.perf_counter() - t0
-    finally:
-        torch.set_num_threads(previous_threads)
+    return {cfg.key(): rows[cfg.key()] for cfg in configs}
 
-    rows = sorted(configs, key=lambda c: (lat[c.key()][0], c.key()))
+
+def _use_profiling_of(header: dict[str, Any], latency_from: LevelTable) -> None:
+    """Copied latencies: the table names the device and profiling they were measured with."""
+    header["device"] = latency_from.device
+    header["device_name"] = latency_from.device_name
+    header["profiling"] = {**latency_from.profiling, "latency_from": str(latency_from.path or "")}
+
+
+def _calibrate_and_evaluate(
+    supernet: Supernet,
+    configs: Sequence[SubnetConfig],
+    calibration: ImageSet,
+    validation: ImageSet | None,
+    run: _RunOptions,
+) -> _Calibrated:
+    """BN statistics and MACs of every architecture, and top-1 on ``validation`` when given.
+
+    Architectures run in order of resolution, so consecutive ones share the resized images.
+    """
+    from dynamic_ofa_ros import bn
+
+    out = _Calibrated()
+    order = sorted(range(len(configs)), key=lambda i: (configs[i].resolution, i))
+    for i in tqdm(order, desc="calibrate levels", disable=not run.progress, leave=False):
+        cfg = configs[i]
+        module = calibrated_subnet(supernet, cfg, calibration, batch_size=run.batch_size, device=run.device)
+        out.states[cfg.key()] = bn.bn_state(module)
+        out.macs[cfg.key()] = float(bn.count_macs(module, cfg.resolution))
+        if validation is not None:
+            out.accuracy[cfg.key()] = top1_accuracy(
+                module,
+                validation,
+                cfg.resolution,
+                batch_size=run.batch_size,
+                device=run.device,
+                progress=run.progress,
+                desc=f"top-1 {cfg.key()[:24]}",
+            )
+        del module
+    return out
+
+
+def _measured_latencies(
+    supernet: Supernet,
+    configs: Sequence[SubnetConfig],
+    calibrated: _Calibrated,
+    header: dict[str, Any],
+    image: np.ndarray,
+    run: _RunOptions,
+) -> _Latencies:
+    """Latencies of ``configs`` through the engine, on a provisional table of the calibrated levels.
+
+    The engine's execution mode is recorded in ``header["profiling"]``.
+    """
+    provisional = [
+        Level(level=n, config=cfg, latency_ms=float(n), macs_m=round(calibrated.macs[cfg.key()], 3))
+        for n, cfg in enumerate(configs, start=1)
+    ]
+    temp = LevelTable(
+        device=header["device"],
+        device_name=header["device_name"],
+        profiling=header["profiling"],
+        supernet=header["supernet"],
+        calibration=header["calibration"],
+        levels=provisional,
+        bn={lv.level: calibrated.states[lv.config.key()] for lv in provisional},
+    )
+    measured, mode = measure_engine_latency(
+        supernet,
+        temp,
+        image,
+        device=run.device,
+        threads=run.threads,
+        cuda_graphs=run.cuda_graphs,
+        warmup=run.warmup,
+        iterations=run.iterations,
+        progress=run.progress,
+    )
+    header["profiling"].update(mode)
+    return {lv.config.key(): measured[lv.level] for lv in provisional}
+
+
+def _measured_front(
+    configs: Sequence[SubnetConfig],
+    latencies: _Latencies,
+    accuracy: Mapping[str, float],
+    predicted: Mapping[str, float | None],
+    min_step: float,
+) -> tuple[list[SubnetConfig], list[str]]:
+    """The architectures that keep latency and accuracy strictly increasing, and why the others went.
+
+    Accuracy is the measured one, else the family's prediction; an architecture with neither
+    is kept when it is slower than the previous kept one.
+    """
     kept: list[SubnetConfig] = []
     dropped: list[str] = []
     last_lat, last_acc = -math.inf, -math.inf
-    for cfg in rows:
+    for cfg in sorted(configs, key=lambda c: (latencies[c.key()][0], c.key())):
         key = cfg.key()
         rank = accuracy.get(key, predicted.get(key))
         rank_value = -math.inf if rank is None else rank
-        slower = lat[key][0] > last_lat
+        slower = latencies[key][0] > last_lat
         better = rank is None or rank_value > last_acc + (min_step if math.isfinite(last_acc) else 0.0)
         if slower and better:
             kept.append(cfg)
-            last_lat, last_acc = lat[key][0], rank_value
+            last_lat, last_acc = latencies[key][0], rank_value
+            continue
+        if not slower:
+            why = "same latency as a kept level"
+        elif min_step > 0:
+            why = f"not {min_step:g} points more accurate than a faster level"
         else:
-            if not slower:
-                why = "same latency as a kept level"
-            elif min_step > 0:
-                why = f"not {min_step:g} points more accurate than a faster level"
-            else:
-                why = "not more accurate than a faster level"
-            shown = "n/a" if rank is None else f"{rank:.2f}"
-            dropped.append(f"{cfg.summary()} ({lat[key][0]:.3f} ms, {shown} %): {why}")
-    levels = []
+            why = "not more accurate than a faster level"
+        shown = "n/a" if rank is None else f"{rank:.2f}"
+        dropped.append(f"{cfg.summary()} ({latencies[key][0]:.3f} ms, {shown} %): {why}")
+    return kept, dropped
+
+
+def _numbered_levels(
+    kept: Sequence[SubnetConfig],
+    latencies: _Latencies,
+    calibrated: _Calibrated,
+    predicted: Mapping[str, float | None],
+    dataset: str | None,
+) -> tuple[list[Level], dict[int, dict[str, torch.Tensor]]]:
+    """The kept architectures as levels 1..N (rounded numbers) and their BN statistics."""
+    levels: list[Level] = []
     bn_by_level: dict[int, dict[str, torch.Tensor]] = {}
     for n, cfg in enumerate(kept, start=1):
         key = cfg.key()
-        p50, p95 = lat[key]
+        p50, p95 = latencies[key]
+        guess = predicted.get(key)
+        measured = calibrated.accuracy.get(key)
         levels.append(
             Level(
                 level=n,
                 config=cfg,
                 latency_ms=round(p50, 4),
                 latency_p95_ms=None if p95 is None else round(max(p95, p50), 4),
-                accuracy=round(accuracy[key], 3) if key in accuracy else None,
-                predicted_accuracy=None if predicted.get(key) is None else round(float(predicted[key]), 3),  # type: ignore[arg-type]
-                accuracy_dataset=dataset if key in accuracy else None,
-                macs_m=round(macs[key], 3),
+                accuracy=None if measured is None else round(measured, 3),
+                predicted_accuracy=None if guess is None else round(float(guess), 3),
+                accuracy_dataset=dataset if measured is not None else None,
+                macs_m=round(calibrated.macs[key], 3),
             )
         )
-        bn_by_level[n] = states[key]
-    seconds["total"] = time.perf_counter() - started
-    table_extra = {**family_extra, **(extra or {})}
-    table_extra.pop("search_levels_dropped", None)
-    table = LevelTable(
-        device=header["device"],
-        device_name=header["device_name"],
-        profiling=header["profiling"],
-        supernet=header["supernet"],
-        calibration=header["calibration"],
-        levels=levels,
-        bn=bn_by_level,
-        extra=table_extra,
-    )
-    return CalibrationResult(table=table, seconds=seconds, dropped=dropped, notes=notes)
+        bn_by_level[n] = calibrated.states[key]
+    return levels, bn_by_level
 
 
 def _header(
