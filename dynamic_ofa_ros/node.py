@@ -1,17 +1,13 @@
 """The ROS 2 node ``dynamic_ofa_classifier``: camera in, predictions out, latency budgets by service.
 
 This module is deliberately thin. It translates ROS messages, parameters and services into
-calls of the ROS-free core and publishes the results; every decision (which level runs,
-how constraints are validated, how co-located models share a device) is made by the core:
+calls of the ROS-free :class:`~dynamic_ofa_ros.classifier.DynamicClassifier` and publishes the
+results; every decision (which level runs, how constraints are validated, how co-located models
+share a device) is made by the core. Parameters are declared in
+:mod:`dynamic_ofa_ros.node_parameters`.
 
-* :mod:`dynamic_ofa_ros.supernet` / :mod:`dynamic_ofa_ros.levels` load the model and the
-  level table, :class:`dynamic_ofa_ros.engine.LevelEngine` runs a level,
-* :class:`dynamic_ofa_ros.manager.RuntimeManager` picks the level of the next frame from the
-  constraints and the measured latencies,
-* :class:`dynamic_ofa_ros.coordinator.Coordinator` plans levels across the nodes of a
-  ``coordination_group``.
-
-Threads: subscriptions only store the newest frame in a single-slot :class:`LatestFrame`
+Threads: subscriptions only store the newest frame in a single-slot
+:class:`~dynamic_ofa_ros.latest.LatestSlot`
 (replacing an unprocessed one counts as *dropped*, so no backlog can build up); one worker
 thread converts, infers and publishes; services, parameters, timers and subscriptions run on
 one ``SingleThreadedExecutor`` thread (all callbacks are short, so they answer while inference
@@ -24,23 +20,17 @@ See ``docs/node.md`` for topics, services, parameters and the latency definition
 
 from __future__ import annotations
 
-import math
 import sys
 import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import (
-    FloatingPointRange,
-    IntegerRange,
-    ParameterDescriptor,
-    SetParametersResult,
-)
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.context import Context
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
@@ -51,43 +41,40 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import CompressedImage, Image
 
 from dynamic_ofa_ros import labels
-from dynamic_ofa_ros.coordinator import Coordinator, PeerStatus
+from dynamic_ofa_ros.classifier import DynamicClassifier
+from dynamic_ofa_ros.coordinator import Coordinator
 from dynamic_ofa_ros.engine import LevelEngine
 from dynamic_ofa_ros.errors import ConstraintError, DofaError, ImageError, UnknownLevelError
+from dynamic_ofa_ros.latest import LatestSlot
 from dynamic_ofa_ros.levels import LevelTable, load_level_table
-from dynamic_ofa_ros.manager import MODES, PRIORITIES, Decision, LevelSpec, ManagerConfig, RuntimeManager
-from dynamic_ofa_ros.msg import LevelInfo, ManagerStatus, Prediction
-from dynamic_ofa_ros.paths import config_file, default_level_table, resolve_device
+from dynamic_ofa_ros.manager import Decision, LevelSpec, RuntimeManager
+from dynamic_ofa_ros.msg import ManagerStatus, Prediction
+from dynamic_ofa_ros.node_messages import diagnostic_summary, level_infos, peer_from_message, status_message
+from dynamic_ofa_ros.node_parameters import (
+    PARAMETERS,
+    Settings,
+    SettingsError,
+    budget_value,
+    descriptor,
+    settings_from,
+)
+from dynamic_ofa_ros.paths import config_file, default_level_table
 from dynamic_ofa_ros.preprocess import decode_compressed, image_from_buffer
 from dynamic_ofa_ros.srv import GetLevels, SetConstraints, SetLevel
 from dynamic_ofa_ros.supernet import Supernet, load_supernet
 
-__all__ = [
-    "COORDINATION_TOPIC",
-    "NODE_NAME",
-    "ClassifierNode",
-    "LatestFrame",
-    "StartupError",
-    "main",
-]
+__all__ = ["COORDINATION_TOPIC", "NODE_NAME", "PARAMETERS", "ClassifierNode", "StartupError", "main"]
 
 NODE_NAME = "dynamic_ofa_classifier"
 #: Topic on which the nodes of a coordination group exchange their ManagerStatus.
 COORDINATION_TOPIC = "/dynamic_ofa/coordination"
-#: Budgets above this are rejected as unit mistakes (same bound as the manager's default).
-MAX_BUDGET_MS = 60_000.0
 _WARN_PERIOD_S = 5.0
 #: publishers on the image topic but no frame for this long: warn about transport (see _check_input)
 _NO_FRAMES_WARN_S = 5.0
-_DEVICES = ("auto", "cpu", "cuda")
-_RELIABILITIES = ("best_effort", "reliable")
 
 
 class StartupError(Exception):
     """The node cannot start; the message says what is wrong and how to fix it (no traceback)."""
-
-
-# --------------------------------------------------------------------------------------- frames
 
 
 @dataclass(frozen=True)
@@ -96,205 +83,6 @@ class Frame:
 
     msg: Image | CompressedImage
     received_ns: int
-
-
-class LatestFrame:
-    """A single-slot holder: the newest unprocessed frame, never a queue.
-
-    :meth:`put` replaces an unprocessed frame (counted in :attr:`dropped`);
-    :meth:`take` waits for a frame and empties the slot. Thread-safe.
-    """
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._frame: Frame | None = None
-        self._closed = False
-        self.dropped = 0
-        self.received = 0
-
-    def put(self, frame: Frame) -> bool:
-        """Store ``frame``; returns ``True`` when it replaced (dropped) an unprocessed one."""
-        with self._cond:
-            replaced = self._frame is not None
-            if replaced:
-                self.dropped += 1
-            self.received += 1
-            self._frame = frame
-            self._cond.notify()
-            return replaced
-
-    def take(self, timeout: float | None = None) -> Frame | None:
-        """The newest frame (emptying the slot), or ``None`` after ``timeout`` s or :meth:`close`."""
-        with self._cond:
-            self._cond.wait_for(lambda: self._frame is not None or self._closed, timeout)
-            frame, self._frame = self._frame, None
-            return frame
-
-    def close(self) -> None:
-        """Wake every waiter; later :meth:`take` calls return at once."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-
-
-# ----------------------------------------------------------------------------------- parameters
-
-
-@dataclass(frozen=True)
-class _Param:
-    name: str
-    default: Any
-    description: str
-    read_only: bool = True
-    float_range: tuple[float, float] | None = None
-    int_range: tuple[int, int] | None = None
-    dynamic_typing: bool = False
-
-
-PARAMETERS: tuple[_Param, ...] = (
-    _Param("device", "auto", "inference device: cpu | cuda | auto (cuda when available)"),
-    _Param(
-        "model",
-        "embedded",
-        "super-network: embedded (shipped default) | ofa_zoo (OFA ImageNet weights) | "
-        "random (random weights, meaningless accuracy) | path to a .safetensors/.pth checkpoint",
-    ),
-    _Param("level_table", "", "level table JSON; empty = config/levels/<device>.json of this package"),
-    _Param(
-        "check_table_device",
-        True,
-        "refuse a level_table profiled on another device kind; false accepts one (e.g. to check the "
-        "cuda table's accuracy on a CPU): its latencies then say nothing about this device, so mode "
-        "auto runs reactive and mode lut is refused",
-    ),
-    _Param(
-        "latency_budget_ms",
-        0.0,
-        "end-to-end latency budget per frame in ms (0 = none); settable at runtime like ~/set_constraints",
-        read_only=False,
-        float_range=(0.0, MAX_BUDGET_MS),
-        dynamic_typing=True,
-    ),
-    _Param(
-        "min_accuracy",
-        0.0,
-        "accuracy floor, top-1 percent like the level table (0 = none); settable at runtime",
-        read_only=False,
-        float_range=(0.0, 100.0),
-        dynamic_typing=True,
-    ),
-    _Param("mode", "auto", "manager mode: auto | lut (profiled latencies only) | reactive (measured)"),
-    _Param("priority", "latency", "which constraint wins when no level meets both: latency | accuracy"),
-    _Param("window_size", 10, "frames per measurement window of the manager", int_range=(1, 10_000)),
-    _Param(
-        "up_margin",
-        0.85,
-        "hysteresis: step up only when the next level is predicted within up_margin x budget",
-        float_range=(0.05, 1.0),
-    ),
-    _Param("up_windows", 2, "hysteresis: ... for this many consecutive windows", int_range=(1, 1000)),
-    _Param(
-        "down_margin",
-        0.95,
-        "on a violation, go to the best level predicted within down_margin x budget",
-        float_range=(0.05, 1.0),
-    ),
-    _Param(
-        "threads", 0, "CPU threads for inference (0 = as the level table was profiled)", int_range=(0, 256)
-    ),
-    _Param("top_k", 5, "number of classes in top_ids/top_scores", read_only=False, int_range=(1, 1000)),
-    _Param("qos_reliability", "best_effort", "image subscription reliability: best_effort | reliable"),
-    _Param("qos_depth", 1, "image subscription history depth (keep last)", int_range=(1, 100)),
-    _Param("use_compressed", False, "also subscribe <image>/compressed (sensor_msgs/CompressedImage)"),
-    _Param("coordination_group", "", "nodes with the same non-empty group share a device and coordinate"),
-    _Param(
-        "coordination_timeout_s",
-        2.0,
-        "a peer not heard from for this long is forgotten (then the node acts alone)",
-        float_range=(0.1, 3600.0),
-    ),
-    _Param(
-        "status_rate",
-        2.0,
-        "rate (Hz) of ~/status, /diagnostics and coordination messages",
-        float_range=(0.1, 100.0),
-    ),
-    _Param(
-        "max_stamp_age_s",
-        10.0,
-        "a header stamp older than this (or in the future) is not trusted; latency is then measured "
-        "from the frame's arrival",
-        float_range=(0.0, 3600.0),
-    ),
-    _Param(
-        "max_image_pixels",
-        40_000_000,
-        "larger frames are rejected (counted as errors) before conversion",
-        int_range=(1, 1_000_000_000),
-    ),
-)
-
-
-def _descriptor(spec: _Param) -> ParameterDescriptor:
-    descriptor = ParameterDescriptor(
-        name=spec.name,
-        description=spec.description,
-        read_only=spec.read_only,
-        dynamic_typing=spec.dynamic_typing,
-    )
-    if not spec.dynamic_typing:
-        descriptor.type = Parameter.Type.from_parameter_value(spec.default).value
-    if spec.float_range is not None:
-        descriptor.floating_point_range = [
-            FloatingPointRange(from_value=spec.float_range[0], to_value=spec.float_range[1], step=0.0)
-        ]
-    if spec.int_range is not None:
-        descriptor.integer_range = [
-            IntegerRange(from_value=spec.int_range[0], to_value=spec.int_range[1], step=0)
-        ]
-    return descriptor
-
-
-@dataclass(frozen=True)
-class Settings:
-    """The node's read-only parameters, validated."""
-
-    device: str
-    model: str
-    level_table: str
-    check_table_device: bool
-    mode: str
-    priority: str
-    window_size: int
-    up_margin: float
-    up_windows: int
-    down_margin: float
-    threads: int
-    qos_reliability: str
-    qos_depth: int
-    use_compressed: bool
-    coordination_group: str
-    coordination_timeout_s: float
-    status_rate: float
-    max_stamp_age_s: float
-    max_image_pixels: int
-
-
-def _choice(name: str, value: str, choices: Sequence[str]) -> str:
-    text = str(value).strip().lower()
-    if text not in choices:
-        raise StartupError(f"parameter {name}={value!r} is not one of {', '.join(choices)}")
-    return text
-
-
-def _budget_arg(value: object, what: str) -> float:
-    """A budget or accuracy parameter/service value as float; rejects non-numbers with a reason."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConstraintError(f"{what}={value!r} is not a number")
-    return float(value)
-
-
-# ------------------------------------------------------------------------------------------ node
 
 
 class ClassifierNode(Node):
@@ -325,12 +113,10 @@ class ClassifierNode(Node):
         self._closed = False
         self._worker: threading.Thread | None = None
         self._stop = threading.Event()
-        self._slot = LatestFrame()
+        self._slot: LatestSlot[Frame] = LatestSlot()
         self._lock = threading.RLock()  # constraints, counters, status publishing
-        self._coord_lock = threading.Lock()
         self._errors = 0
         self._last_error = ""
-        self._no_budget = True
         self._peer_errors = 0
         #: level changes decided by the group coordinator (the rest: constraints, manual, own rule)
         self.coordinator_moves = 0
@@ -338,135 +124,53 @@ class ClassifierNode(Node):
         self._coord_pub: Any = None
         self._image_topics: list[str] = []
         try:
-            self._declare()
-            self.settings = self._read_settings()
-            self._load(supernet)
-            self._apply_constraints(
-                _budget_arg(self.get_parameter("latency_budget_ms").value, "latency_budget_ms"),
-                _budget_arg(self.get_parameter("min_accuracy").value, "min_accuracy"),
-                initial=True,
+            for spec in PARAMETERS:
+                self.declare_parameter(spec.name, spec.default, descriptor(spec))
+            self.settings: Settings = settings_from(
+                {spec.name: self.get_parameter(spec.name).value for spec in PARAMETERS}
             )
-        except ParameterException as exc:
+            self.classifier = self._load(supernet)
+            self._apply_constraints(
+                self.get_parameter("latency_budget_ms").value, self.get_parameter("min_accuracy").value
+            )
+        except (ParameterException, SettingsError) as exc:
             self.destroy_node()
             raise StartupError(f"invalid parameter: {exc}") from None
         except DofaError as exc:
             self.destroy_node()
             raise StartupError(str(exc)) from None
-        except StartupError:
-            self.destroy_node()
-            raise
-        self._top_k = int(self.get_parameter("top_k").value)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._setup_ros()
         self._worker = threading.Thread(target=self._work, name=f"{node_name}-inference", daemon=True)
         self._worker.start()
-        table = self.table
         self.get_logger().info(
-            f"ready: {len(table.levels)} levels on {self.device} (table {table.path}, model "
-            f"{self.supernet.source}), level {self.engine.current_level}, listening on "
+            f"ready: {len(self.table.levels)} levels on {self.settings.device} (table {self.table.path}, "
+            f"model {self.supernet.source}), level {self.classifier.current_level}, listening on "
             f"{', '.join(self._image_topics)}"
         )
 
     # ------------------------------------------------------------------------------ start-up
 
-    def _declare(self) -> None:
-        for spec in PARAMETERS:
-            self.declare_parameter(spec.name, spec.default, _descriptor(spec))
-
-    def _read_settings(self) -> Settings:
-        def get(name: str) -> Any:
-            return self.get_parameter(name).value
-
-        up_margin = float(get("up_margin"))
-        down_margin = float(get("down_margin"))
-        if up_margin > down_margin:
-            raise StartupError(
-                f"parameters up_margin={up_margin} and down_margin={down_margin}: need up_margin <= "
-                "down_margin (the gap is the hysteresis band)"
-            )
-        return Settings(
-            device=resolve_device(_choice("device", get("device"), _DEVICES)),
-            model=str(get("model")).strip() or "embedded",
-            level_table=str(get("level_table")).strip(),
-            check_table_device=bool(get("check_table_device")),
-            mode=_choice("mode", get("mode"), MODES),
-            priority=_choice("priority", get("priority"), PRIORITIES),
-            window_size=int(get("window_size")),
-            up_margin=up_margin,
-            up_windows=int(get("up_windows")),
-            down_margin=down_margin,
-            threads=int(get("threads")),
-            qos_reliability=_choice("qos_reliability", get("qos_reliability"), _RELIABILITIES),
-            qos_depth=int(get("qos_depth")),
-            use_compressed=bool(get("use_compressed")),
-            coordination_group=str(get("coordination_group")).strip(),
-            coordination_timeout_s=float(get("coordination_timeout_s")),
-            status_rate=float(get("status_rate")),
-            max_stamp_age_s=float(get("max_stamp_age_s")),
-            max_image_pixels=int(get("max_image_pixels")),
-        )
-
-    def _load(self, supernet: Supernet | None) -> None:
+    def _load(self, supernet: Supernet | None) -> DynamicClassifier:
         s = self.settings
-        self.device = s.device
         if supernet is None:
             supernet = load_supernet(s.model, device=s.device, allow_random=s.model.startswith("random"))
         self.supernet = supernet
         table_path = Path(s.level_table).expanduser() if s.level_table else default_level_table(s.device)
-        self.table: LevelTable = load_level_table(
+        table = load_level_table(
             table_path, supernet=supernet, expected_device=s.device if s.check_table_device else None
         )
-        if self.table.device.split(":")[0] != s.device.split(":")[0]:
-            # Only reachable with check_table_device=false: the table's latencies were measured on
-            # another device, so only measured latencies (reactive mode) can drive the levels here.
-            if s.mode == "lut":
-                raise StartupError(
-                    f"mode 'lut' needs latencies of this device, but {table_path} was profiled on "
-                    f"{self.table.device!r}; use mode 'reactive' or a table built here"
-                )
-            if s.mode == "auto":
-                s = self.settings = replace(s, mode="reactive")
-            self.get_logger().warning(
-                f"level table {table_path} was profiled on {self.table.device!r} "
-                f"({self.table.device_name}), not on {s.device!r}: its latencies do not apply here, "
-                "running in reactive mode"
-            )
-        threads = s.threads or None  # None: as the table was profiled (on this device kind)
-        self.engine = LevelEngine(
+        classifier = DynamicClassifier.from_table(
             supernet,
-            self.table,
-            device=s.device,
-            threads=threads,
-            max_pixels=s.max_image_pixels,
-            check_device=s.check_table_device,
-            initial_level=len(self.table.levels),
+            table,
+            s.classifier_config(),
+            name=self.get_fully_qualified_name(),
+            frame_clock=self._ros_seconds,  # header stamps are ROS time
+            on_switch=self._on_switch,
         )
-        self.levels: tuple[LevelSpec, ...] = tuple(LevelSpec.from_level(level) for level in self.table.levels)
-        config = ManagerConfig(
-            window_size=s.window_size,
-            mode=s.mode,
-            priority=s.priority,
-            up_margin=s.up_margin,
-            up_windows=s.up_windows,
-            down_margin=s.down_margin,
-            max_budget_ms=MAX_BUDGET_MS,
-        )
-        self.manager = RuntimeManager(self.levels, config, on_switch=self._on_switch)
-        self.engine.switch(self.manager.current_level)
-        self.coordinator: Coordinator | None = None
-        if s.coordination_group:
-            self.coordinator = Coordinator(
-                self.get_fully_qualified_name(),
-                timeout_s=s.coordination_timeout_s,
-                margin=s.up_margin,
-                down_margin=s.down_margin,
-                up_windows=s.up_windows,
-            )
-            self.manager.set_window_policy(self._coordination_policy)
-        if not self.table.meaningful_accuracy or not supernet.meaningful_accuracy:
-            self.get_logger().warning(
-                f"model {supernet.source!r} has random weights: predictions and accuracies are meaningless"
-            )
+        for warning in classifier.warnings:
+            self.get_logger().warning(warning)
+        return classifier
 
     def _setup_ros(self) -> None:
         s = self.settings
@@ -491,7 +195,7 @@ class ClassifierNode(Node):
         self._status_pub = self.create_publisher(ManagerStatus, "~/status", 10)
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._coord_sub = None
-        if self.coordinator is not None:
+        if self.classifier.coordinator is not None:
             self._coord_pub = self.create_publisher(ManagerStatus, COORDINATION_TOPIC, 10)
             self._coord_sub = self.create_subscription(
                 ManagerStatus, COORDINATION_TOPIC, self._on_peer_status, 10
@@ -509,6 +213,33 @@ class ClassifierNode(Node):
         if remapped != self.resolve_topic_name("image/compressed", only_expand=True):
             return remapped
         return self.resolve_topic_name("image").rstrip("/") + "/compressed"
+
+    # ------------------------------------------------------------------------------ core access
+
+    @property
+    def engine(self) -> LevelEngine:
+        """The classifier's engine."""
+        return self.classifier.engine
+
+    @property
+    def manager(self) -> RuntimeManager:
+        """The classifier's runtime manager (owner of the current level)."""
+        return self.classifier.manager
+
+    @property
+    def coordinator(self) -> Coordinator | None:
+        """The classifier's coordinator (``coordination_group`` set), else ``None``."""
+        return self.classifier.coordinator
+
+    @property
+    def table(self) -> LevelTable:
+        """The level table in use."""
+        return self.classifier.table
+
+    @property
+    def levels(self) -> tuple[LevelSpec, ...]:
+        """The levels as the manager sees them."""
+        return self.classifier.levels
 
     # ------------------------------------------------------------------------------ shutdown
 
@@ -544,12 +275,12 @@ class ClassifierNode(Node):
             f"frame rejected ({count} so far): {message}", throttle_duration_sec=_WARN_PERIOD_S
         )
 
-    # ------------------------------------------------------------------------------ input
+    # ------------------------------------------------------------------------------ frames
 
     def _on_image(self, msg: Image | CompressedImage) -> None:
         self._slot.put(Frame(msg=msg, received_ns=self.get_clock().now().nanoseconds))
 
-    def _to_rgb(self, msg: Image | CompressedImage) -> Any:
+    def _to_rgb(self, msg: Image | CompressedImage) -> np.ndarray:
         if isinstance(msg, CompressedImage):
             return decode_compressed(
                 memoryview(msg.data), fmt=msg.format, max_pixels=self.settings.max_image_pixels
@@ -564,17 +295,18 @@ class ClassifierNode(Node):
             max_pixels=self.settings.max_image_pixels,
         )
 
-    def _latency_ms(self, frame: Frame, now_ns: int) -> float:
-        """End-to-end latency: from the header stamp when plausible, else from the frame's arrival."""
+    def _captured_at(self, frame: Frame) -> float:
+        """When the frame was captured (ROS clock, s): its header stamp when plausible, else arrival."""
         stamp = frame.msg.header.stamp
         stamp_ns = int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
         if stamp_ns > 0:
-            age_ns = now_ns - stamp_ns
+            age_ns = self.get_clock().now().nanoseconds - stamp_ns
             if 0 <= age_ns <= self.settings.max_stamp_age_s * 1e9:
-                return age_ns / 1e6
-        return max(0, now_ns - frame.received_ns) / 1e6
+                return stamp_ns * 1e-9
+        return frame.received_ns * 1e-9
 
-    # ------------------------------------------------------------------------------ inference
+    def _ros_seconds(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
 
     def _work(self) -> None:
         while not self._stop.is_set():
@@ -590,30 +322,25 @@ class ClassifierNode(Node):
 
     def _process(self, frame: Frame) -> None:
         rgb = self._to_rgb(frame.msg)
-        result = self.engine.infer(rgb)
-        top = self.engine.topk(result.probs, max(1, self._top_k))
-        ids = [int(i) for i, _ in top]
-        scores = [float(p) for _, p in top]
+        captured_at = self._captured_at(frame)
+        result = self.classifier.classify(rgb, captured_at=captured_at)
         msg = Prediction()
         msg.header = frame.msg.header
-        msg.class_id = ids[0]
-        msg.label = labels.label(ids[0])
-        msg.score = scores[0]
-        msg.top_ids = ids
-        msg.top_scores = scores
-        msg.level = int(result.level)
-        msg.inference_ms = float(result.inference_ms)
-        msg.expected_accuracy = float(self.levels[result.level - 1].accuracy)
-        latency = self._latency_ms(frame, self.get_clock().now().nanoseconds)
-        msg.latency_ms = float(latency)
+        msg.class_id = result.top[0][0]
+        msg.label = labels.label(result.top[0][0])
+        msg.score = result.top[0][1]
+        msg.top_ids = [index for index, _ in result.top]
+        msg.top_scores = [score for _, score in result.top]
+        msg.level = result.level
+        msg.inference_ms = result.inference_ms
+        msg.expected_accuracy = result.expected_accuracy
+        msg.latency_ms = result.latency_ms
         self._prediction_pub.publish(msg)
-        self.manager.observe(latency, inference_ms=float(result.inference_ms))
 
-    # ------------------------------------------------------------------------------ manager
+    # ------------------------------------------------------------------------------ constraints
 
     def _on_switch(self, decision: Decision) -> None:
-        """Every level change (any cause): switch the engine, publish the status."""
-        self.engine.switch(decision.level)
+        """Every level change (any cause): log it and publish the status."""
         if decision.reason == "coordinator":
             self.coordinator_moves += 1
         self.get_logger().info(
@@ -623,39 +350,25 @@ class ClassifierNode(Node):
         )
         self._publish_status()
 
-    def _apply_constraints(
-        self, budget_ms: float, min_accuracy: float, *, initial: bool = False
-    ) -> Decision | None:
+    def _apply_constraints(self, budget_ms: object, min_accuracy: object) -> Decision:
         """The one path for constraints (parameters, service, start-up); raises ConstraintError."""
-        if not math.isfinite(budget_ms) or budget_ms < 0.0:
-            raise ConstraintError(
-                f"latency budget {budget_ms} ms is not usable; give a positive, finite number of "
-                "milliseconds (0 = no budget)"
-            )
         with self._lock:
-            if initial and budget_ms == 0.0 and min_accuracy == 0.0:
-                self._no_budget = True
-                return None
-            # The manager always has a budget; "no budget" is the largest one it accepts.
-            effective = budget_ms if budget_ms > 0.0 else MAX_BUDGET_MS
-            decision = self.manager.set_constraints(latency_budget_ms=effective, min_accuracy=min_accuracy)
-            self._no_budget = budget_ms == 0.0
-            return decision
+            return self.classifier.set_constraints(
+                latency_budget_ms=budget_value(budget_ms),  # type: ignore[arg-type]  # the core checks
+                min_accuracy=budget_value(min_accuracy),  # type: ignore[arg-type]
+            )
 
     def _on_set_parameters(self, params: list[Parameter[Any]]) -> SetParametersResult:
-        names = {p.name for p in params}
+        values = {p.name: p.value for p in params}
         try:
             with self._lock:
-                if names & {"latency_budget_ms", "min_accuracy"}:
-                    values = {p.name: p.value for p in params}
-                    budget = values.get("latency_budget_ms", self.get_parameter("latency_budget_ms").value)
-                    accuracy = values.get("min_accuracy", self.get_parameter("min_accuracy").value)
+                if values.keys() & {"latency_budget_ms", "min_accuracy"}:
                     self._apply_constraints(
-                        _budget_arg(budget, "latency_budget_ms"), _budget_arg(accuracy, "min_accuracy")
+                        values.get("latency_budget_ms", self.get_parameter("latency_budget_ms").value),
+                        values.get("min_accuracy", self.get_parameter("min_accuracy").value),
                     )
-                for p in params:
-                    if p.name == "top_k":
-                        self._top_k = int(p.value)
+                if "top_k" in values:
+                    self.classifier.top_k = values["top_k"]
         except ConstraintError as exc:
             return SetParametersResult(successful=False, reason=str(exc))
         return SetParametersResult(successful=True)
@@ -675,7 +388,7 @@ class ClassifierNode(Node):
                     Parameter("min_accuracy", Parameter.Type.DOUBLE, accuracy),
                 ]
             )
-            state = self.manager.status()
+            state = self.classifier.status()
         response.accepted = bool(result.successful)
         response.level = int(state.level)
         if result.successful:
@@ -688,11 +401,11 @@ class ClassifierNode(Node):
 
     def _srv_set_level(self, request: SetLevel.Request, response: SetLevel.Response) -> SetLevel.Response:
         try:
-            decision = self.manager.set_manual_level(int(request.level))
+            decision = self.classifier.set_level(int(request.level))
         except UnknownLevelError as exc:
             response.accepted = False
             response.message = str(exc)
-            response.level = int(self.manager.current_level)
+            response.level = int(self.classifier.current_level)
             return response
         response.accepted = True
         response.level = int(decision.level)
@@ -704,21 +417,9 @@ class ClassifierNode(Node):
         return response
 
     def _srv_get_levels(self, request: GetLevels.Request, response: GetLevels.Response) -> GetLevels.Response:
-        infos = []
-        for level in self.table.levels:
-            cfg = level.config
-            info = LevelInfo()
-            info.level = int(level.level)
-            info.resolution = int(cfg.resolution)
-            info.ks = [int(v) for v in cfg.ks]
-            info.e = [int(v) for v in cfg.e]
-            info.d = [int(v) for v in cfg.d]
-            info.latency_ms = float(level.latency_ms)
-            info.accuracy = float(self.levels[level.level - 1].accuracy)
-            info.macs_m = float(level.macs_m or 0.0)
-            infos.append(info)
+        infos = level_infos(self.table, self.classifier.levels)
         response.levels = infos
-        response.current_level = int(self.manager.current_level)
+        response.current_level = int(self.classifier.current_level)
         response.device = self.table.device
         return response
 
@@ -731,41 +432,15 @@ class ClassifierNode(Node):
         coordination topic (``coordination=True``) they are those of the manager's last complete
         window *at the current level* (0 = not measured yet), as the coordinator expects.
         """
-        state = self.manager.status()
-        msg = ManagerStatus()
+        msg = status_message(
+            self.classifier.status(),
+            self.classifier.peer_status(),
+            coordination=coordination,
+            device=self.settings.device,
+            dropped=self._slot.dropped,
+            errors=self._errors,
+        )
         msg.header.stamp = self.get_clock().now().to_msg()
-        msg.node_name = self.get_fully_qualified_name()
-        msg.coordination_group = self.settings.coordination_group
-        msg.level = int(state.level)
-        msg.n_levels = int(state.n_levels)
-        msg.mode = state.mode
-        msg.budget_ms = 0.0 if self._no_budget else float(state.budget_ms)
-        msg.min_accuracy = float(state.min_accuracy)
-        msg.expected_accuracy = float(state.expected_accuracy)
-        msg.unmet = "" if self._no_budget and state.unmet == "latency" else state.unmet
-        own = PeerStatus.from_manager(self.manager, name=msg.node_name, group=msg.coordination_group)
-        msg.priority = own.priority
-        msg.locked = own.locked
-        msg.previous_level = own.previous_level
-        msg.level_since = own.since
-        if coordination:
-            msg.window_mean_ms = float(own.window_mean_ms)
-            msg.window_p95_ms = (
-                float(state.last_window.p95_ms) if own.window_mean_ms and state.last_window else 0.0
-            )
-            msg.window_start = own.window_start
-            msg.window_end = own.window_end
-        else:
-            msg.window_mean_ms = float(state.window_mean_ms)
-            msg.window_p95_ms = float(state.window_p95_ms)
-        msg.frames = min(int(state.frames), 2**32 - 1)
-        msg.violations = min(int(state.violations), 2**32 - 1) if not self._no_budget else 0
-        msg.switches = min(int(state.switches), 2**32 - 1)
-        msg.dropped = min(self._slot.dropped, 2**32 - 1)
-        msg.errors = min(self._errors, 2**32 - 1)
-        msg.device = str(self.device)
-        msg.level_latency_ms = [float(spec.latency_ms) for spec in self.levels]
-        msg.level_accuracy = [float(spec.accuracy) for spec in self.levels]
         return msg
 
     def _publish_status(self) -> None:
@@ -813,35 +488,15 @@ class ClassifierNode(Node):
     def diagnostics(self) -> DiagnosticArray:
         """The ``/diagnostics`` message: level, window latency vs budget, drops, errors, peers."""
         status = self.status_message()
-        budget = status.budget_ms
-        level = DiagnosticStatus.OK
-        if budget > 0.0 and status.frames and status.window_mean_ms > budget:
-            if status.level == 1:
-                level = DiagnosticStatus.WARN
-                message = (
-                    f"budget violated at level 1: window mean {status.window_mean_ms:.1f} ms > budget "
-                    f"{budget:g} ms; no faster level exists"
-                )
-            else:
-                message = (
-                    f"level {status.level}/{status.n_levels}: window mean {status.window_mean_ms:.1f} ms > "
-                    f"budget {budget:g} ms, stepping down"
-                )
-        elif budget > 0.0:
-            message = (
-                f"level {status.level}/{status.n_levels}: window mean {status.window_mean_ms:.1f} ms "
-                f"within budget {budget:g} ms"
-            )
-        else:
-            message = f"level {status.level}/{status.n_levels}: no latency budget"
+        level, message = diagnostic_summary(status)
         if self.input_warning:
             level, message = DiagnosticStatus.WARN, self.input_warning
-        peers = self._peer_names()
+        peers = self.peer_names()
         values = {
             "level": status.level,
             "n_levels": status.n_levels,
             "mode": status.mode,
-            "budget_ms": f"{budget:g}",
+            "budget_ms": f"{status.budget_ms:g}",
             "min_accuracy": f"{status.min_accuracy:g}",
             "expected_accuracy": f"{status.expected_accuracy:.2f}",
             "window_mean_ms": f"{status.window_mean_ms:.2f}",
@@ -858,12 +513,13 @@ class ClassifierNode(Node):
             "coordination_group": status.coordination_group,
             "coordination": ("coordinated with " + ", ".join(peers)) if peers else "alone",
             "coordinator_moves": self.coordinator_moves,
+            "peer_status_errors": self._peer_errors,
         }
         entry = DiagnosticStatus(
             level=level,
             name=f"{self.get_fully_qualified_name()}: dynamic_ofa",
             message=message,
-            hardware_id=str(self.device),
+            hardware_id=str(status.device),
             values=[KeyValue(key=key, value=str(value)) for key, value in values.items()],
         )
         array = DiagnosticArray()
@@ -873,38 +529,17 @@ class ClassifierNode(Node):
 
     # ------------------------------------------------------------------------------ coordination
 
-    def _peer_names(self) -> list[str]:
-        if self.coordinator is None:
-            return []
-        with self._coord_lock:
-            return [peer.name for peer in self.coordinator.peers(self.settings.coordination_group)]
+    def peer_names(self) -> list[str]:
+        """Names of the live peers of this node's coordination group."""
+        return self.classifier.peer_names()
 
     def _on_peer_status(self, msg: ManagerStatus) -> None:
-        coordinator = self.coordinator
-        if coordinator is None or msg.coordination_group != self.settings.coordination_group:
+        if msg.coordination_group != self.settings.coordination_group:
             return
         if msg.node_name == self.get_fully_qualified_name():
             return
         try:
-            peer = PeerStatus(
-                name=msg.node_name,
-                group=msg.coordination_group,
-                level=int(msg.level),
-                budget_ms=float(msg.budget_ms),
-                window_mean_ms=float(msg.window_mean_ms),
-                levels=tuple(
-                    LevelSpec(level=i + 1, latency_ms=float(lat), accuracy=float(acc))
-                    for i, (lat, acc) in enumerate(zip(msg.level_latency_ms, msg.level_accuracy, strict=True))
-                ),
-                min_accuracy=float(msg.min_accuracy),
-                priority=msg.priority,
-                stamp=msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9,
-                since=float(msg.level_since),
-                previous_level=int(msg.previous_level),
-                window_start=float(msg.window_start),
-                window_end=float(msg.window_end),
-                locked=bool(msg.locked),
-            )
+            peer = peer_from_message(msg)
         except (DofaError, ValueError) as exc:
             self._peer_errors += 1
             self.get_logger().warning(
@@ -912,19 +547,7 @@ class ClassifierNode(Node):
                 throttle_duration_sec=_WARN_PERIOD_S,
             )
             return
-        with self._coord_lock:
-            coordinator.update(peer)
-
-    def _coordination_policy(self, manager: RuntimeManager) -> int | None:
-        """Window policy: the coordinator's plan when peers are alive, else the manager's own rule."""
-        coordinator = self.coordinator
-        if coordinator is None:
-            return None
-        own = PeerStatus.from_manager(
-            manager, name=self.get_fully_qualified_name(), group=self.settings.coordination_group
-        )
-        with self._coord_lock:
-            return coordinator.decide(own)
+        self.classifier.update_peer(peer)
 
 
 # ------------------------------------------------------------------------------------------ main

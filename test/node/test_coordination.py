@@ -60,8 +60,8 @@ def test_two_nodes_coordinate_under_cpu_load(
     pub = harness.publisher(Image, f"{harness.namespace}/image")
 
     # each sees the other (and only the other)
-    waiter(lambda: node_a._peer_names() == [name_b], 20.0, "model_a to see model_b")
-    waiter(lambda: node_b._peer_names() == [name_a], 20.0, "model_b to see model_a")
+    waiter(lambda: node_a.peer_names() == [name_b], 20.0, "model_a to see model_b")
+    waiter(lambda: node_b.peer_names() == [name_a], 20.0, "model_b to see model_a")
     ours = [s for s in statuses if s.coordination_group == GROUP]
     assert {s.node_name for s in ours} >= {name_a, name_b}
     for status in ours:
@@ -110,7 +110,7 @@ def test_two_nodes_coordinate_under_cpu_load(
 
         # model_b goes away: model_a forgets it after the timeout and acts alone, still classifying
         harness.stop_node(node_b)
-        waiter(lambda: node_a._peer_names() == [], 20.0, "model_a to forget model_b")
+        waiter(lambda: node_a.peer_names() == [], 20.0, "model_a to forget model_b")
         values = {kv.key: kv.value for kv in node_a.diagnostics().status[0].values}
         assert values["coordination"] == "alone"
         count = len(predictions_a)

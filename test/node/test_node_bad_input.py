@@ -150,7 +150,7 @@ def test_bad_budget_and_level_requests(harness: Any, core: Any) -> None:
         assert f"1..{n}" in response.message
         assert response.level == n
     assert node.manager.status().mode != "manual"
-    assert node.engine.current_level == n
+    assert node.classifier.current_level == n
 
 
 # ----------------------------------------------------------------------------------- start-up
@@ -217,7 +217,7 @@ def test_level_table_of_other_device(rclpy_context: Any, core: Any, harness: Any
         assert str(gpu_table) in str(info.value)
 
     node = harness.start_node("other_device_ok", level_table=str(gpu_table), check_table_device=False)
-    assert node.settings.mode == "reactive"
+    assert node.manager.mode == "reactive"
     assert node.manager.status().mode == "reactive"
     assert node.table.device == "cuda"
     assert node.engine.threads == 1  # the node's threads parameter, not the GPU host's 16

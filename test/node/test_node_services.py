@@ -81,12 +81,12 @@ def test_set_level_manual_and_back(harness: Any, core: Any) -> None:
     n = len(core.table.levels)
     response, _ = harness.call(clients["level"], SetLevel.Request(level=1))
     assert response.accepted and response.level == 1
-    assert node.engine.current_level == 1
+    assert node.classifier.current_level == 1
     levels, _ = harness.call(clients["levels"], GetLevels.Request())
     assert levels.current_level == 1
     response, _ = harness.call(clients["level"], SetLevel.Request(level=0))
     assert response.accepted and response.level == n, response.message
-    assert node.engine.current_level == n
+    assert node.classifier.current_level == n
     assert node.manager.status().mode != "manual"
 
 
@@ -101,7 +101,7 @@ def test_set_constraints_selects_level(harness: Any, core: Any) -> None:
     tight = (lat[0] + lat[1]) / 2
     response, _ = harness.call(clients["constraints"], SetConstraints.Request(latency_budget_ms=tight))
     assert response.accepted, response.message
-    assert response.level == 1 and node.engine.current_level == 1
+    assert response.level == 1 and node.classifier.current_level == 1
     assert _get_params(harness, clients, "latency_budget_ms")[0] == pytest.approx(tight, rel=1e-6)
     # loose: the most accurate level
     response, _ = harness.call(clients["constraints"], SetConstraints.Request(latency_budget_ms=lat[-1] * 3))
@@ -153,12 +153,12 @@ def test_param_set_behaves_like_service(harness: Any, core: Any) -> None:
     lat = [lv.latency_ms for lv in core.table.levels]
     result = _set_param(harness, clients, "latency_budget_ms", (lat[0] + lat[1]) / 2)
     assert result.successful, result.reason
-    assert node.engine.current_level == 1
+    assert node.classifier.current_level == 1
     assert node.manager.status().budget_ms == pytest.approx((lat[0] + lat[1]) / 2)
     # an integer value (as `ros2 param set ... 500` sends it) is accepted too
     result = _set_param(harness, clients, "latency_budget_ms", int(lat[-1] * 3) + 1)
     assert result.successful, result.reason
-    assert node.engine.current_level == len(lat)
+    assert node.classifier.current_level == len(lat)
     for bad in (float("nan"), -1.0, 1e9):
         result = _set_param(harness, clients, "latency_budget_ms", bad)
         assert not result.successful and result.reason

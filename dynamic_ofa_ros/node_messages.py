@@ -1,0 +1,124 @@
+"""Conversions between the core's values and the node's ROS messages (no node state).
+
+Kept apart from :mod:`dynamic_ofa_ros.node` so the node itself is only wiring: parameters,
+topics, services and threads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from diagnostic_msgs.msg import DiagnosticStatus
+
+from dynamic_ofa_ros.coordinator import PeerStatus
+from dynamic_ofa_ros.levels import LevelTable
+from dynamic_ofa_ros.manager import LevelSpec, ManagerState
+from dynamic_ofa_ros.msg import LevelInfo, ManagerStatus
+
+__all__ = ["diagnostic_summary", "level_infos", "peer_from_message", "status_message"]
+
+_UINT32_MAX = 2**32 - 1
+
+
+def _u32(value: int) -> int:
+    return min(int(value), _UINT32_MAX)
+
+
+def status_message(
+    state: ManagerState, own: PeerStatus, *, coordination: bool, device: str, dropped: int, errors: int
+) -> ManagerStatus:
+    """A ManagerStatus (header stamp left to the caller) from the manager's state and own status.
+
+    On ``~/status`` the window fields cover the last ``window_size`` frames. On the coordination
+    topic (``coordination=True``) they are those of the manager's last complete window *at the
+    current level* (0 = not measured yet), as the coordinator expects.
+    """
+    msg = ManagerStatus()
+    msg.node_name = own.name
+    msg.coordination_group = own.group
+    msg.level = int(state.level)
+    msg.n_levels = int(state.n_levels)
+    msg.mode = state.mode
+    msg.budget_ms = float(state.budget_ms or 0.0)  # the message's 0 = no budget
+    msg.min_accuracy = float(state.min_accuracy)
+    msg.expected_accuracy = float(state.expected_accuracy)
+    msg.unmet = state.unmet
+    msg.priority = own.priority
+    msg.locked = own.locked
+    msg.previous_level = own.previous_level
+    msg.level_since = own.since
+    if coordination:
+        msg.window_mean_ms = float(own.window_mean_ms)
+        last = state.last_window
+        msg.window_p95_ms = float(last.p95_ms) if own.window_mean_ms and last is not None else 0.0
+        msg.window_start = own.window_start
+        msg.window_end = own.window_end
+    else:
+        msg.window_mean_ms = float(state.window_mean_ms)
+        msg.window_p95_ms = float(state.window_p95_ms)
+    msg.frames = _u32(state.frames)
+    msg.violations = _u32(state.violations)
+    msg.switches = _u32(state.switches)
+    msg.dropped = _u32(dropped)
+    msg.errors = _u32(errors)
+    msg.device = str(device)
+    msg.level_latency_ms = [float(spec.latency_ms) for spec in own.levels]
+    msg.level_accuracy = [float(spec.accuracy) for spec in own.levels]
+    return msg
+
+
+def level_infos(table: LevelTable, levels: Sequence[LevelSpec]) -> list[LevelInfo]:
+    """One ``LevelInfo`` per level: architecture and latency from the table, accuracy as managed."""
+    infos = []
+    for level, spec in zip(table.levels, levels, strict=True):
+        cfg = level.config
+        info = LevelInfo()
+        info.level = int(level.level)
+        info.resolution = int(cfg.resolution)
+        info.ks = [int(v) for v in cfg.ks]
+        info.e = [int(v) for v in cfg.e]
+        info.d = [int(v) for v in cfg.d]
+        info.latency_ms = float(level.latency_ms)
+        info.accuracy = float(spec.accuracy)
+        info.macs_m = float(level.macs_m or 0.0)
+        infos.append(info)
+    return infos
+
+
+def diagnostic_summary(status: ManagerStatus) -> tuple[bytes, str]:
+    """Level and message of the diagnostics entry from the latency window against the budget."""
+    budget = status.budget_ms
+    where = f"level {status.level}/{status.n_levels}: window mean {status.window_mean_ms:.1f} ms"
+    if budget <= 0.0:
+        return DiagnosticStatus.OK, f"level {status.level}/{status.n_levels}: no latency budget"
+    if not (status.frames and status.window_mean_ms > budget):
+        return DiagnosticStatus.OK, f"{where} within budget {budget:g} ms"
+    if status.level == 1:
+        return DiagnosticStatus.WARN, (
+            f"budget violated at level 1: window mean {status.window_mean_ms:.1f} ms > budget "
+            f"{budget:g} ms; no faster level exists"
+        )
+    return DiagnosticStatus.OK, f"{where} > budget {budget:g} ms, stepping down"
+
+
+def peer_from_message(msg: ManagerStatus) -> PeerStatus:
+    """A peer's ManagerStatus as the core's PeerStatus (validated by PeerStatus itself)."""
+    return PeerStatus(
+        name=msg.node_name,
+        group=msg.coordination_group,
+        level=int(msg.level),
+        budget_ms=float(msg.budget_ms),
+        window_mean_ms=float(msg.window_mean_ms),
+        levels=tuple(
+            LevelSpec(level=i + 1, latency_ms=float(lat), accuracy=float(acc))
+            for i, (lat, acc) in enumerate(zip(msg.level_latency_ms, msg.level_accuracy, strict=True))
+        ),
+        min_accuracy=float(msg.min_accuracy),
+        priority=msg.priority,
+        stamp=msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9,
+        since=float(msg.level_since),
+        previous_level=int(msg.previous_level),
+        window_start=float(msg.window_start),
+        window_end=float(msg.window_end),
+        locked=bool(msg.locked),
+    )

@@ -1,0 +1,212 @@
+"""The classifier node's ROS parameters: declarations, descriptions and their translation.
+
+Only what ROS itself needs lives here (names, defaults, descriptions, types). Every rule about
+a value -- budget ranges, the margin ordering, window sizes -- is checked once, by the core
+(:class:`~dynamic_ofa_ros.manager.ManagerConfig`, :class:`~dynamic_ofa_ros.manager.RuntimeManager`,
+:class:`~dynamic_ofa_ros.classifier.ClassifierConfig`); the node turns their errors into a
+refused parameter or one FATAL start-up line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.parameter import Parameter
+
+from dynamic_ofa_ros.classifier import ClassifierConfig
+from dynamic_ofa_ros.manager import ManagerConfig
+from dynamic_ofa_ros.paths import resolve_device
+
+__all__ = ["PARAMETERS", "ParamSpec", "Settings", "budget_value", "descriptor", "settings_from"]
+
+_DEVICES = ("auto", "cpu", "cuda")
+RELIABILITIES = ("best_effort", "reliable")
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One declared parameter: name, default, what it means, whether it can change at runtime."""
+
+    name: str
+    default: Any  # a ROS parameter value: bool, int, float or str
+    description: str
+    read_only: bool = True
+    dynamic_typing: bool = False
+
+
+PARAMETERS: tuple[ParamSpec, ...] = (
+    ParamSpec("device", "auto", "inference device: cpu | cuda | auto (cuda when available)"),
+    ParamSpec(
+        "model",
+        "embedded",
+        "super-network: embedded (shipped default) | ofa_zoo (OFA ImageNet weights) | "
+        "random (random weights, meaningless accuracy) | path to a .safetensors/.pth checkpoint",
+    ),
+    ParamSpec("level_table", "", "level table JSON; empty = config/levels/<device>.json of this package"),
+    ParamSpec(
+        "check_table_device",
+        True,
+        "refuse a level_table profiled on another device kind; false accepts one (e.g. to check the "
+        "cuda table's accuracy on a CPU): its latencies then say nothing about this device, so mode "
+        "auto runs reactive and mode lut is refused",
+    ),
+    ParamSpec(
+        "latency_budget_ms",
+        0.0,
+        "end-to-end latency budget per frame in ms, (0, 60000] (0 = none); settable at runtime like "
+        "~/set_constraints",
+        read_only=False,
+        dynamic_typing=True,
+    ),
+    ParamSpec(
+        "min_accuracy",
+        0.0,
+        "accuracy floor, top-1 percent [0, 100] like the level table (0 = none); settable at runtime",
+        read_only=False,
+        dynamic_typing=True,
+    ),
+    ParamSpec("mode", "auto", "manager mode: auto | lut (profiled latencies only) | reactive (measured)"),
+    ParamSpec("priority", "latency", "which constraint wins when no level meets both: latency | accuracy"),
+    ParamSpec("window_size", 10, "frames per measurement window of the manager, 1..100000"),
+    ParamSpec(
+        "up_margin",
+        0.85,
+        "hysteresis: step up only when the next level is predicted within up_margin x budget "
+        "(0 < up_margin <= down_margin <= 1)",
+    ),
+    ParamSpec("up_windows", 2, "hysteresis: ... for this many consecutive windows (>= 1)"),
+    ParamSpec(
+        "down_margin", 0.95, "on a violation, go to the best level predicted within down_margin x budget"
+    ),
+    ParamSpec("threads", 0, "CPU threads for inference (0 = as the level table was profiled)"),
+    ParamSpec("top_k", 5, "number of classes in top_ids/top_scores (>= 1)", read_only=False),
+    ParamSpec("qos_reliability", "best_effort", "image subscription reliability: best_effort | reliable"),
+    ParamSpec("qos_depth", 1, "image subscription history depth (keep last), 1..100"),
+    ParamSpec("use_compressed", False, "also subscribe <image>/compressed (sensor_msgs/CompressedImage)"),
+    ParamSpec("coordination_group", "", "nodes with the same non-empty group share a device and coordinate"),
+    ParamSpec(
+        "coordination_timeout_s",
+        2.0,
+        "a peer not heard from for this long is forgotten (then the node acts alone)",
+    ),
+    ParamSpec("status_rate", 2.0, "rate (Hz) of ~/status, /diagnostics and coordination messages, 0.1..100"),
+    ParamSpec(
+        "max_stamp_age_s",
+        10.0,
+        "a header stamp older than this (or in the future) is not trusted; latency is then measured "
+        "from the frame's arrival",
+    ),
+    ParamSpec(
+        "max_image_pixels", 40_000_000, "larger frames are rejected (counted as errors) before conversion"
+    ),
+)
+
+
+def descriptor(spec: ParamSpec) -> ParameterDescriptor:
+    """The ROS descriptor of ``spec`` (shown by ``ros2 param describe``)."""
+    result = ParameterDescriptor(
+        name=spec.name,
+        description=spec.description,
+        read_only=spec.read_only,
+        dynamic_typing=spec.dynamic_typing,
+    )
+    if not spec.dynamic_typing:
+        result.type = Parameter.Type.from_parameter_value(spec.default).value
+    return result
+
+
+def budget_value(value: object) -> object:
+    """A ROS budget/accuracy value for the core: ROS has no "unset", so 0 means ``None``.
+
+    Anything else is passed on unchanged for the core to validate (and refuse with a reason).
+    """
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0:
+        return None
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The node's read-only parameters, as the ROS side needs them."""
+
+    device: str
+    model: str
+    level_table: str
+    check_table_device: bool
+    threads: int
+    qos_reliability: str
+    qos_depth: int
+    use_compressed: bool
+    coordination_group: str
+    coordination_timeout_s: float
+    status_rate: float
+    max_stamp_age_s: float
+    max_image_pixels: int
+    top_k: int
+    manager: ManagerConfig
+
+    def classifier_config(self) -> ClassifierConfig:
+        """The core's configuration for these settings."""
+        return ClassifierConfig(
+            device=self.device,
+            threads=self.threads or None,
+            max_image_pixels=self.max_image_pixels,
+            check_table_device=self.check_table_device,
+            manager=self.manager,
+            coordination_group=self.coordination_group,
+            coordination_timeout_s=self.coordination_timeout_s,
+            top_k=self.top_k,
+        )
+
+
+class SettingsError(ValueError):
+    """A read-only parameter has a value the node cannot start with."""
+
+
+def _choice(name: str, value: object, choices: tuple[str, ...]) -> str:
+    text = str(value).strip().lower()
+    if text not in choices:
+        raise SettingsError(f"parameter {name}={value!r} is not one of {', '.join(choices)}")
+    return text
+
+
+def _within(name: str, value: float, low: float, high: float) -> float:
+    if not low <= value <= high:
+        raise SettingsError(f"parameter {name}={value!r} must be in [{low:g}, {high:g}]")
+    return value
+
+
+def settings_from(values: dict[str, Any]) -> Settings:
+    """Settings from the declared parameters' values (``{name: value}``).
+
+    Raises:
+        SettingsError: a ROS-side value (device, QoS, rates) is unusable.
+        ConstraintError: the manager's settings are (validated by :class:`ManagerConfig`).
+    """
+    manager = ManagerConfig(
+        window_size=values["window_size"],
+        mode=str(values["mode"]).strip().lower(),
+        priority=str(values["priority"]).strip().lower(),
+        up_margin=values["up_margin"],
+        up_windows=values["up_windows"],
+        down_margin=values["down_margin"],
+    )
+    return Settings(
+        device=resolve_device(_choice("device", values["device"], _DEVICES)),
+        model=str(values["model"]).strip() or "embedded",
+        level_table=str(values["level_table"]).strip(),
+        check_table_device=bool(values["check_table_device"]),
+        threads=int(_within("threads", values["threads"], 0, 1024)),
+        qos_reliability=_choice("qos_reliability", values["qos_reliability"], RELIABILITIES),
+        qos_depth=int(_within("qos_depth", values["qos_depth"], 1, 100)),
+        use_compressed=bool(values["use_compressed"]),
+        coordination_group=str(values["coordination_group"]).strip(),
+        coordination_timeout_s=float(values["coordination_timeout_s"]),
+        status_rate=_within("status_rate", float(values["status_rate"]), 0.1, 100.0),
+        max_stamp_age_s=_within("max_stamp_age_s", float(values["max_stamp_age_s"]), 0.0, 86_400.0),
+        max_image_pixels=int(_within("max_image_pixels", values["max_image_pixels"], 1, 10**10)),
+        top_k=int(values["top_k"]),
+        manager=manager,
+    )
