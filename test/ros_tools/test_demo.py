@@ -6,6 +6,7 @@ writing/reading, the player) are exercised by test/node/test_rosbag_replay.py.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -74,3 +75,39 @@ def test_demo_help(capsys: Any) -> None:
         main(["--help"])
     assert info.value.code == 0
     assert "--phase-s" in capsys.readouterr().out
+
+
+@pytest.mark.ros
+@pytest.mark.slow
+def test_demo_runs_every_phase(tmp_path: Path, capsys: Any) -> None:
+    """The whole demo with short phases: two node processes, budgets by service, table, plot, JSON."""
+    from dynamic_ofa_ros.ros_tools.demo import main
+    from dynamic_ofa_ros.ros_tools.scenario import NODE_A, NODE_B
+
+    pytest.importorskip("skimage", reason="scikit-image ships the demo photos")
+    if not (Path(__file__).resolve().parents[2] / "config" / "levels" / "cpu.json").is_file():
+        pytest.skip("config/levels/cpu.json is not shipped in this checkout")
+    out = tmp_path / "demo.png"
+    assert main(["--device", "cpu", "--phase-s", "2", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = json.loads(out.with_suffix(".json").read_text())
+    phases = [(p["phase"], p["node"]) for p in report["phases"]]
+    assert phases == [
+        ("no budget", NODE_A),
+        ("tight", NODE_A),
+        ("loose", NODE_A),
+        ("medium", NODE_A),
+        ("A+B co-located", NODE_A),
+        ("A+B co-located", NODE_B),
+    ]
+    assert all(p["frames"] > 0 for p in report["phases"][:4])
+    budgets = report["budgets_ms"]
+    assert 0 < budgets["tight"] <= budgets["medium"] < budgets["loose"]
+    assert budgets[NODE_B] == pytest.approx(budgets["medium"] * 1.2, abs=1e-3)
+    assert [p["budget_ms"] for p in report["phases"][1:4]] == [
+        round(budgets[name], 2) for name in ("tight", "loose", "medium")
+    ]
+    assert {row[1] for row in report["samples"]} == {NODE_A, NODE_B}
+    table = printed[printed.index("phase ") :]
+    assert all(name in table for name in ("no budget", "tight", "loose", "medium", "A+B co-located"))
