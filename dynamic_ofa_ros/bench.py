@@ -7,10 +7,13 @@ Usage::
 
 Without ``--table`` a small table of three sample sub-networks (``--configs``) is built
 in-process (extraction, BN calibration on synthetic images, CPU profiling): enough to
-measure the engine, not for accuracy. Measured, all in the same process:
+measure the engine, not for accuracy. Every frame goes through
+:class:`~dynamic_ofa_ros.classifier.DynamicClassifier`, the object the node drives (a level is
+held with ``set_level``). Measured, all in the same process:
 
-* per level ``infer_ms_p50/p95``: :meth:`LevelEngine.infer` on one ``--image`` sized
-  uint8 RGB frame (preprocessing + model, output on the host);
+* per level ``infer_ms_p50/p95``: the engine time (``inference_ms``) of
+  :meth:`DynamicClassifier.classify` on one ``--image`` sized uint8 RGB frame (preprocessing +
+  model, output on the host);
 * ``static_ms_p50/p95``: the same sub-network as a plain extracted eager module on an
   already preprocessed input (model only), interleaved with the engine runs;
 * ``preprocess_ms_p50``: :func:`~dynamic_ofa_ros.preprocess.to_input_tensor` alone;
@@ -18,8 +21,9 @@ measure the engine, not for accuracy. Measured, all in the same process:
   (replay + synchronise, same dtype/layout as the engine's choice), and ``graph_ms_p50``:
   the engine's own captured graph for the frame size (preprocessing + model) replayed alone,
   so ``infer - graph`` is the host side (copies, synchronisation, Python);
-* ``switch_ms_p50/p99``: from ``switch()`` to the first output of the new level,
-  minus that frame's ``inference_ms``;
+* ``switch_ms_p50/p99``: from ``set_level()`` to the first output of the new level,
+  minus that frame's ``inference_ms`` (so it includes the manager's bookkeeping of the frame);
+  ``switch_call_us_p50``: the ``set_level()`` call alone;
 * ``manager_overhead_us_p50/p99``: one ``RuntimeManager.observe`` call;
 * ``memory_mb`` per level and total; on CUDA (or with ``--reference``) the reference
   design: switching by ``set_active_subnet`` + loading BN into the super-network, and
@@ -41,24 +45,29 @@ import platform
 import random
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
 from dynamic_ofa_ros.arch import SubnetConfig
 from dynamic_ofa_ros.bn import extract_subnet, load_bn_into_supernet, load_bn_state
+from dynamic_ofa_ros.classifier import DynamicClassifier
 from dynamic_ofa_ros.engine import LevelEngine
 from dynamic_ofa_ros.errors import DofaError
 from dynamic_ofa_ros.levels import LevelTable, load_level_table
+from dynamic_ofa_ros.manager import LevelSpec, RuntimeManager
 from dynamic_ofa_ros.preprocess import to_input_tensor
 from dynamic_ofa_ros.supernet import Supernet, load_supernet
 from dynamic_ofa_ros.table_builder import build_level_table
 from dynamic_ofa_ros.timing import atomic_write_text, device_name, percentile
 
-__all__ = ["SAMPLE_CONFIGS", "main", "run_bench", "sample_config"]
+_T = TypeVar("_T")
+
+__all__ = ["SAMPLE_CONFIGS", "BenchOptions", "main", "run_bench", "sample_config"]
 
 #: The issue's sample sub-networks: small / medium / largest.
 SAMPLE_CONFIGS: dict[str, SubnetConfig] = {
@@ -82,10 +91,11 @@ def sample_config(name: str, resolutions: Sequence[int]) -> SubnetConfig:
     return dataclasses.replace(config, resolution=choices[position])
 
 
-def _progress(iterable: Any, desc: str, total: int | None = None) -> Any:
+def _progress(iterable: Iterable[_T], desc: str, total: int | None = None) -> Iterator[_T]:
     from tqdm import tqdm  # type: ignore[import-untyped]
 
-    return tqdm(iterable, desc=desc, total=total, file=sys.stderr, leave=False)
+    bar: Iterator[_T] = tqdm(iterable, desc=desc, total=total, file=sys.stderr, leave=False)
+    return bar
 
 
 def _sync(device: torch.device) -> None:
@@ -121,7 +131,7 @@ def _static_module(
 
 def _floor_graph(
     module: torch.nn.Module, runner_half: bool, runner_cl: bool, r: int, device: torch.device
-) -> Any:
+) -> tuple[torch.cuda.CUDAGraph, tuple[torch.nn.Module, torch.Tensor]]:
     """``module`` alone as a CUDA graph (same dtype/layout as the engine's level); returns the graph."""
     mod = copy.deepcopy(module)
     if runner_half:
@@ -147,27 +157,23 @@ def _floor_graph(
     return graph, (mod, x)  # the caller keeps the module and static input alive with the graph
 
 
-def _manager_overhead(table: LevelTable, samples: int) -> dict[str, Any]:
-    try:
-        from dynamic_ofa_ros import manager as manager_mod
-    except ImportError as exc:  # pragma: no cover - the manager ships with the package
-        return {
-            "manager_overhead_us_p50": None,
-            "manager_note": f"dynamic_ofa_ros.manager unavailable: {exc}",
-        }
-    note = "levels from the table"
-    rows: list[Any]
+def _bench_specs(table: LevelTable) -> tuple[list[LevelSpec], str]:
+    """The levels as the manager sees them, and a note on where their accuracies come from."""
     if all(lv.rank_accuracy is not None for lv in table.levels):
-        rows = list(table.levels)
-    else:
-        # accuracy does not change the manager's cost; placeholders only for timing, never reported
-        note = "table has no accuracy (random weights): placeholder accuracies used for timing only"
-        rows = [
-            manager_mod.LevelSpec(level=lv.level, latency_ms=lv.latency_ms, accuracy=50.0 + lv.level)
+        return [LevelSpec.from_level(lv) for lv in table.levels], "levels from the table"
+    # accuracy does not change the manager's cost; placeholders only for timing, never reported
+    return (
+        [
+            LevelSpec(level=lv.level, latency_ms=lv.latency_ms, accuracy=50.0 + lv.level)
             for lv in table.levels
-        ]
-    specs = [manager_mod.LevelSpec.from_level(row) for row in rows]
-    manager = manager_mod.RuntimeManager(specs)
+        ],
+        "table has no accuracy (random weights): placeholder accuracies used for timing only",
+    )
+
+
+def _manager_overhead(table: LevelTable, samples: int) -> dict[str, Any]:
+    specs, note = _bench_specs(table)
+    manager = RuntimeManager(specs)
     budget = float(np.median([lv.latency_ms for lv in table.levels]))
     manager.set_constraints(latency_budget_ms=budget)
     rng = random.Random(0)
@@ -233,120 +239,157 @@ def _reference_design(
     }
 
 
-def run_bench(
-    *,
-    device: str = "cpu",
-    table_path: str | None = None,
-    model: str = "embedded",
-    allow_random: bool = False,
-    threads: int | None = None,
-    iterations: int = 50,
-    warmup: int = 10,
-    switches: int = 200,
-    manager_samples: int = 5000,
-    image_size: tuple[int, int] = (480, 640),
-    configs: Sequence[str] = ("small", "medium", "large"),
-    reference: bool | None = None,
-    reference_switches: int = 50,
-    reference_extractions: int = 6,
-    half: bool | None = None,
-    channels_last: bool | None = None,
+@dataclass(frozen=True, kw_only=True)
+class BenchOptions:
+    """What :func:`run_bench` measures and how often (the ``dofa-bench`` flags)."""
+
+    device: str = "cpu"
+    table_path: str | None = None
+    model: str = "embedded"
+    allow_random: bool = False
+    threads: int | None = None
+    iterations: int = 50
+    warmup: int = 10
+    switches: int = 200
+    manager_samples: int = 5000
+    image_size: tuple[int, int] = (480, 640)
+    configs: Sequence[str] = ("small", "medium", "large")
+    reference: bool | None = None
+    reference_switches: int = 50
+    reference_extractions: int = 6
+    half: bool | None = None
+    channels_last: bool | None = None
+
+
+def _load_table(opts: BenchOptions, supernet: Supernet) -> LevelTable:
+    if opts.table_path is not None:
+        return load_level_table(opts.table_path, supernet=supernet)
+    unknown = [c for c in opts.configs if c not in SAMPLE_CONFIGS]
+    if unknown:
+        raise DofaError(f"unknown --configs {unknown}; choose from {sorted(SAMPLE_CONFIGS)}")
+    samples = [sample_config(c, supernet.resolutions) for c in opts.configs]
+    return build_level_table(supernet, samples, threads=opts.threads, warmup=2, iterations=5)
+
+
+def _measure_level(
+    classifier: DynamicClassifier, supernet: Supernet, level: int, image: np.ndarray, opts: BenchOptions
 ) -> dict[str, Any]:
+    """One level: the classifier's engine time vs the plain extracted module, interleaved."""
+    engine = classifier.engine
+    table, dev = engine.table, engine.device
+    lv = table.level(level)
+    static = _static_module(supernet, table, level, dev)
+    r = lv.resolution
+    x = to_input_tensor(image, resolution=r, device=dev)
+    classifier.set_level(level)
+    infer_t: list[float] = []
+    static_t: list[float] = []
+    pre_t: list[float] = []
+    with torch.inference_mode():
+        for i in range(opts.warmup + opts.iterations):
+            res = classifier.classify(image)
+            s = _ms(functools.partial(static, x), dev)
+            p = _ms(functools.partial(to_input_tensor, image, resolution=r, device=dev), dev)
+            if i >= opts.warmup:
+                infer_t.append(res.inference_ms)
+                static_t.append(s)
+                pre_t.append(p)
+    row: dict[str, Any] = {
+        "level": level,
+        "resolution": lv.resolution,
+        "architecture": lv.config.key(),
+        "table_latency_ms": lv.latency_ms,
+        "infer_ms_p50": round(percentile(infer_t, 50), 4),
+        "infer_ms_p95": round(percentile(infer_t, 95), 4),
+        "static_ms_p50": round(percentile(static_t, 50), 4),
+        "static_ms_p95": round(percentile(static_t, 95), 4),
+        "preprocess_ms_p50": round(percentile(pre_t, 50), 4),
+        "memory_mb": round(engine.memory_mb[level], 3),
+        "execution": engine.execution[level],
+    }
+    row["infer_over_static"] = round(row["infer_ms_p50"] / row["static_ms_p50"], 4)
+    if dev.type == "cuda":
+        row.update(_cuda_floor(engine, static, level, opts))
+    return row
+
+
+def _cuda_floor(
+    engine: LevelEngine, static: torch.nn.Module, level: int, opts: BenchOptions
+) -> dict[str, float]:
+    """CUDA only: the sub-network alone as a graph (floor) and the engine's own captured graph."""
+    dev, runner = engine.device, engine.runner(level)
+    out: dict[str, float] = {}
+    graph, keep = _floor_graph(static, runner.half, runner.channels_last, runner.resolution, dev)
+    floor_t = [_ms(graph.replay, dev) for _ in range(opts.warmup + opts.iterations)][opts.warmup :]
+    out["floor_ms_p50"] = round(percentile(floor_t, 50), 4)
+    del graph, keep
+    # The engine's own graph for this frame size (preprocessing + model, captured): splits
+    # infer - floor into preprocessing kernels (graph - floor) and host work (infer - graph).
+    full = runner.graphs.get(opts.image_size)
+    if full is not None:
+        graph_t = [_ms(full.replay, dev) for _ in range(opts.warmup + opts.iterations)][opts.warmup :]
+        out["graph_ms_p50"] = round(percentile(graph_t, 50), 4)
+    return out
+
+
+def _measure_switching(classifier: DynamicClassifier, image: np.ndarray, switches: int) -> dict[str, Any]:
+    """Request -> first output of the new level, minus that frame's inference time; and the call alone."""
+    numbers = classifier.table.numbers
+    pick = random.Random(2)
+    switch_t: list[float] = []
+    for _ in _progress(range(switches), "switches"):
+        target = pick.choice([m for m in numbers if m != classifier.current_level] or numbers)
+        start = time.perf_counter()
+        classifier.set_level(target)
+        res = classifier.classify(image)
+        total = (time.perf_counter() - start) * 1000.0
+        if res.level != target:
+            raise DofaError(f"switch to level {target} ran level {res.level}")
+        switch_t.append(total - res.inference_ms)
+    call_t: list[float] = []
+    for _ in range(1000):
+        start = time.perf_counter_ns()
+        classifier.set_level(pick.choice(numbers))
+        call_t.append((time.perf_counter_ns() - start) / 1000.0)
+    return {
+        "switch_ms_p50": round(percentile(switch_t, 50), 4),
+        "switch_ms_p99": round(percentile(switch_t, 99), 4),
+        "switch_samples": len(switch_t),
+        "switch_call_us_p50": round(percentile(call_t, 50), 3),
+    }
+
+
+def run_bench(options: BenchOptions | None = None) -> dict[str, Any]:
     """Run the benchmark and return the JSON-ready result (see the module docstring)."""
-    dev = torch.device(device)
-    if threads is not None:
-        torch.set_num_threads(int(threads))
-    supernet = load_supernet(model, device="cpu", allow_random=allow_random)
-    ad_hoc = table_path is None
-    if table_path is None:
-        unknown = [c for c in configs if c not in SAMPLE_CONFIGS]
-        if unknown:
-            raise DofaError(f"unknown --configs {unknown}; choose from {sorted(SAMPLE_CONFIGS)}")
-        samples = [sample_config(c, supernet.resolutions) for c in configs]
-        table = build_level_table(supernet, samples, threads=threads, warmup=2, iterations=5)
-    else:
-        table = load_level_table(table_path, supernet=supernet)
+    opts = options if options is not None else BenchOptions()
+    if opts.threads is not None:
+        torch.set_num_threads(int(opts.threads))
+    supernet = load_supernet(opts.model, device="cpu", allow_random=opts.allow_random)
+    table = _load_table(opts, supernet)
+    dev = torch.device(opts.device)
     if dev.type == "cuda":
         supernet.net.to(dev)
     engine = LevelEngine(
         supernet,
         table,
         device=dev,
-        threads=threads,
-        half=half,
-        channels_last=channels_last,
+        threads=opts.threads,
+        half=opts.half,
+        channels_last=opts.channels_last,
         warmup=3,
-        warmup_shapes=[image_size],
+        warmup_shapes=[opts.image_size],
         check_device=False,  # a table's architectures may be benchmarked on another device kind
     )
     dev = engine.device
+    # Every frame below goes through the same object the node drives (a lock = a static level).
+    classifier = DynamicClassifier(engine, levels=_bench_specs(table)[0])
     rng = np.random.default_rng(0)
-    image = rng.integers(0, 256, (image_size[0], image_size[1], 3), dtype=np.uint8)
-    per_level: list[dict[str, Any]] = []
+    image = rng.integers(0, 256, (opts.image_size[0], opts.image_size[1], 3), dtype=np.uint8)
+    per_level = [
+        _measure_level(classifier, supernet, lv.level, image, opts)
+        for lv in _progress(table.levels, "levels")
+    ]
     memory = engine.memory_mb
-    for lv in _progress(table.levels, "levels"):
-        n = lv.level
-        runner = engine.runner(n)
-        static = _static_module(supernet, table, n, dev)
-        r = lv.resolution
-        x = to_input_tensor(image, resolution=r, device=dev)
-        engine.switch(n)
-        infer_t: list[float] = []
-        static_t: list[float] = []
-        pre_t: list[float] = []
-        with torch.inference_mode():
-            for i in range(warmup + iterations):
-                res = engine.infer(image)
-                s = _ms(functools.partial(static, x), dev)
-                p = _ms(functools.partial(to_input_tensor, image, resolution=r, device=dev), dev)
-                if i >= warmup:
-                    infer_t.append(res.inference_ms)
-                    static_t.append(s)
-                    pre_t.append(p)
-        row: dict[str, Any] = {
-            "level": n,
-            "resolution": lv.resolution,
-            "architecture": lv.config.key(),
-            "table_latency_ms": lv.latency_ms,
-            "infer_ms_p50": round(percentile(infer_t, 50), 4),
-            "infer_ms_p95": round(percentile(infer_t, 95), 4),
-            "static_ms_p50": round(percentile(static_t, 50), 4),
-            "static_ms_p95": round(percentile(static_t, 95), 4),
-            "preprocess_ms_p50": round(percentile(pre_t, 50), 4),
-            "memory_mb": round(memory[n], 3),
-            "execution": engine.execution[n],
-        }
-        row["infer_over_static"] = round(row["infer_ms_p50"] / row["static_ms_p50"], 4)
-        if dev.type == "cuda":
-            graph, keep = _floor_graph(static, runner.half, runner.channels_last, lv.resolution, dev)
-            floor_t = [_ms(graph.replay, dev) for _ in range(warmup + iterations)][warmup:]
-            row["floor_ms_p50"] = round(percentile(floor_t, 50), 4)
-            row["infer_over_floor"] = round(row["infer_ms_p50"] / row["floor_ms_p50"], 4)
-            del graph, keep
-            # The engine's own graph for this frame size (preprocessing + model, captured): splits
-            # infer - floor into preprocessing kernels (graph - floor) and host work (infer - graph).
-            full = runner.graphs.get((image_size[0], image_size[1]))
-            if full is not None:
-                graph_t = [_ms(full.replay, dev) for _ in range(warmup + iterations)][warmup:]
-                row["graph_ms_p50"] = round(percentile(graph_t, 50), 4)
-        per_level.append(row)
-    # switching: request -> first output of the new level, minus that frame's inference time
-    numbers = table.numbers
-    pick = random.Random(2)
-    switch_t: list[float] = []
-    for _ in _progress(range(switches), "switches"):
-        target = pick.choice([m for m in numbers if m != engine.current_level] or numbers)
-        start = time.perf_counter()
-        engine.switch(target)
-        res = engine.infer(image)
-        total = (time.perf_counter() - start) * 1000.0
-        assert res.level == target
-        switch_t.append(total - res.inference_ms)
-    call_t: list[float] = []
-    for _ in range(1000):
-        start = time.perf_counter_ns()
-        engine.switch(pick.choice(numbers))
-        call_t.append((time.perf_counter_ns() - start) / 1000.0)
     result: dict[str, Any] = {
         "tool": "dofa-bench",
         "timestamp": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -357,47 +400,47 @@ def run_bench(
         "threads": torch.get_num_threads(),
         "model": {**supernet.identity()},
         "table": {
-            "path": None if ad_hoc else str(table_path),
-            "ad_hoc": ad_hoc,
+            "path": opts.table_path,
+            "ad_hoc": opts.table_path is None,
             "device": table.device,
             "device_name": table.device_name,
             "levels": len(table.levels),
             "profiled_on_other_device_kind": table.device.split(":")[0] != dev.type,
         },
-        "image": {"height": image_size[0], "width": image_size[1]},
-        "iterations": iterations,
-        "warmup": warmup,
+        "image": {"height": opts.image_size[0], "width": opts.image_size[1]},
+        "iterations": opts.iterations,
+        "warmup": opts.warmup,
         "levels": per_level,
-        "switch_ms_p50": round(percentile(switch_t, 50), 4),
-        "switch_ms_p99": round(percentile(switch_t, 99), 4),
-        "switch_samples": len(switch_t),
-        "switch_call_us_p50": round(percentile(call_t, 50), 3),
     }
-    result.update(_manager_overhead(table, manager_samples))
+    result.update(_measure_switching(classifier, image, opts.switches))
+    result.update(_manager_overhead(table, opts.manager_samples))
     result["memory_mb"] = {
         "per_level": {str(n): round(v, 3) for n, v in memory.items()},
         "total": round(sum(memory.values()), 3),
     }
-    if reference is None:
-        reference = dev.type == "cuda"
+    reference = opts.reference if opts.reference is not None else dev.type == "cuda"
     if reference:
         result["reference_design"] = _reference_design(
-            supernet, table, dev, reference_switches, reference_extractions
+            supernet, table, dev, opts.reference_switches, opts.reference_extractions
         )
         result["reference_design"]["engine"] = {
             "switch_ms_p50": result["switch_ms_p50"],
             "switch_ms_p99": result["switch_ms_p99"],
         }
+    result["targets"] = _targets(result, per_level, dev)
+    return result
+
+
+def _targets(result: dict[str, Any], per_level: list[dict[str, Any]], dev: torch.device) -> dict[str, bool]:
     limit = 1.1 if dev.type == "cpu" else 1.2
-    result["targets"] = {
+    baseline = "static_ms_p50" if dev.type == "cpu" else "floor_ms_p50"
+    return {
         "switch_ms_p99_le_1ms": result["switch_ms_p99"] <= 1.0,
         "manager_overhead_le_20us": (result.get("manager_overhead_us_p50") or 1e9) <= 20.0,
         f"infer_le_{limit}x_{'static' if dev.type == 'cpu' else 'floor'}": all(
-            row["infer_ms_p50"] <= limit * row["static_ms_p50" if dev.type == "cpu" else "floor_ms_p50"]
-            for row in per_level
+            row["infer_ms_p50"] <= limit * row[baseline] for row in per_level
         ),
     }
-    return result
 
 
 def _image_size(text: str) -> tuple[int, int]:
@@ -473,22 +516,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         result = run_bench(
-            device=args.device,
-            table_path=args.table,
-            model=args.model,
-            allow_random=args.allow_random,
-            threads=args.threads,
-            iterations=args.iterations,
-            warmup=args.warmup,
-            switches=args.switches,
-            manager_samples=args.manager_samples,
-            image_size=args.image,
-            configs=[c.strip() for c in args.configs.split(",") if c.strip()],
-            reference=args.reference,
-            reference_switches=args.reference_switches,
-            reference_extractions=args.reference_extractions,
-            half=args.half,
-            channels_last=args.channels_last,
+            BenchOptions(
+                device=args.device,
+                table_path=args.table,
+                model=args.model,
+                allow_random=args.allow_random,
+                threads=args.threads,
+                iterations=args.iterations,
+                warmup=args.warmup,
+                switches=args.switches,
+                manager_samples=args.manager_samples,
+                image_size=args.image,
+                configs=[c.strip() for c in args.configs.split(",") if c.strip()],
+                reference=args.reference,
+                reference_switches=args.reference_switches,
+                reference_extractions=args.reference_extractions,
+                half=args.half,
+                channels_last=args.channels_last,
+            )
         )
     except DofaError as exc:
         print(f"dofa-bench: {exc}", file=sys.stderr)
