@@ -13,7 +13,7 @@ import torch
 from dynamic_ofa_ros.arch import SearchSpace, SubnetConfig
 from offline_tools.accuracy import MLPAccuracyPredictor
 from offline_tools.errors import SearchError
-from offline_tools.latency_table import LatencyTable
+from offline_tools.latency.table import LatencyTable
 from offline_tools.search import (
     Candidate,
     Evaluator,

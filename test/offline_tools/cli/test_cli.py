@@ -16,7 +16,7 @@ from dynamic_ofa_ros.arch import N_BLOCKS, N_STAGES, SearchSpace, SubnetConfig
 from dynamic_ofa_ros.levels import Level, LevelTable, load_level_table, save_level_table
 from offline_tools.accuracy import MLPAccuracyPredictor
 from offline_tools.cli import main
-from offline_tools.latency_table import LatencyTable
+from offline_tools.latency.table import METADATA_FILE, LatencyTable
 
 torch.set_num_threads(1)
 
@@ -178,11 +178,53 @@ def test_module_entry_point_has_no_traceback(tmp_path: Path, ofa: dict[str, Path
     one_error_line(proc.stderr)
 
 
-def test_profile_is_delegated(capsys: pytest.CaptureFixture[str]) -> None:
+def test_profile_help(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main(["profile", "--help"])
     assert info.value.code == 0
     assert "--resolutions" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------------- latency tables
+
+
+def test_profile_and_validate_latency(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "lut"
+    timing = ["--warmup", "0", "--iterations", "2", "--rounds", "1"]
+    # --no-progress is accepted before the subcommand as well as after it
+    assert main(["--no-progress", "profile", "--resolutions", "64", "--out", str(out), *timing]) == 0
+    assert "wrote" in capsys.readouterr().out
+    table = LatencyTable.load(out)
+    assert table.resolutions == (64,) and len(table.keys(64)) == 96 and table.correction is None
+    assert table.metadata["threads"] == 1 and table.metadata["clock"] == "thread_cpu"
+
+    assert main(["profile", "--resolutions", "64", "--out", str(out), *timing, "--no-progress"]) == 2
+    assert "already holds" in one_error_line(capsys.readouterr().err)
+
+    report = tmp_path / "validation.json"
+    argv = ["validate-latency", "--table", str(out), "--n-subnets", "3", *timing, "--report", str(report)]
+    assert main([*argv, "--write", "--no-progress"]) == 2
+    assert "--fit-correction" in one_error_line(capsys.readouterr().err)
+    status = main([*argv, "--fit-correction", "--write", "--no-progress"])
+    captured = capsys.readouterr()
+    assert "raw operator sum" in captured.out and "spearman" in captured.out
+    data = json.loads(report.read_text(encoding="utf-8"))
+    assert data["n_subnets"] == 3 and len(data["subnets"]) == 3
+    metadata = json.loads((out / METADATA_FILE).read_text(encoding="utf-8"))
+    if status == 0:
+        assert "stored the correction" in captured.out
+        assert metadata["correction"]["scale"] == pytest.approx(data["fitted_correction"]["scale"])
+        assert metadata["validation"]["n_subnets"] == 3
+    else:  # three quick samples on a busy machine may not fit; the table is then left alone
+        assert status == 2 and "no correction to store" in one_error_line(captured.err)
+        assert "fit_error" in data and "correction" not in metadata
+
+
+def test_validate_latency_reports_errors_without_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["validate-latency", "--table", str(tmp_path / "missing"), "--no-progress"]) == 2
+    assert "does not exist" in one_error_line(capsys.readouterr().err)
 
 
 # ----------------------------------------------------------------------------------- other commands

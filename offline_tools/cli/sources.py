@@ -1,0 +1,122 @@
+"""Loading what the level-building subcommands work on: latency table, model, images, accuracy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dynamic_ofa_ros.supernet import Supernet, load_supernet
+from offline_tools.accuracy import AccuracySource, CachedAccuracy, MeasuredAccuracy, MLPAccuracyPredictor
+from offline_tools.cli.common import UsageError
+from offline_tools.cli.options import AccuracyOptions, ImageOptions, ModelOptions, SpaceOptions
+from offline_tools.datasets import ImageSet, open_image_source, read_label_map
+from offline_tools.latency.table import LatencyTable
+
+__all__ = [
+    "accuracy_source",
+    "device_label",
+    "image_set",
+    "load_latency_table",
+    "load_model",
+    "search_resolutions",
+]
+
+
+def load_latency_table(path: str | None) -> LatencyTable:
+    """The latency table in ``path`` (``--latency-table``)."""
+    if not path:
+        raise UsageError("give --latency-table DIR (or --profile-out DIR with build)")
+    return LatencyTable.load(path)
+
+
+def device_label(explicit: str | None, table: LatencyTable) -> str:
+    """``explicit`` (``--device-label``), else the table's device (``cpu``/``cuda``), else its folder name."""
+    if explicit:
+        return explicit
+    meta = table.metadata
+    for key in ("device_label", "device"):
+        value = meta.get(key)
+        if isinstance(value, str) and value:
+            return value.split(":")[0]
+    return Path(str(table.name)).name or "device"
+
+
+def load_model(options: ModelOptions) -> Supernet:
+    """The super-network of ``--model`` on ``--torch-device``."""
+    if not options.model:
+        raise UsageError("give --model (embedded, ofa_zoo, a checkpoint path, or random with --allow-random)")
+    return load_supernet(options.model, device=options.torch_device, allow_random=options.allow_random)
+
+
+def image_set(options: ImageOptions | None, *, flag: str, progress: bool) -> ImageSet:
+    """Decode the images of ``options``; :class:`UsageError` naming ``--<flag>`` when none are given."""
+    if options is None:
+        purpose = "calibration" if flag == "calib" else "top-1"
+        raise UsageError(f"give --{flag} PATH (images for {purpose})")
+    source = open_image_source(
+        options.paths,
+        topic=options.topic,
+        label_map=read_label_map(options.label_map) if options.label_map else "auto",
+        files=options.files,
+        exclude=options.exclude,
+        sample=options.sample,
+        limit=options.limit,
+        seed=options.seed,
+    )
+    return ImageSet.load(source, progress=progress, desc=f"decode {flag}")
+
+
+def accuracy_source(
+    options: AccuracyOptions, model: Supernet | None, *, model_options: ModelOptions, progress: bool
+) -> AccuracySource:
+    """The predictor (``--accuracy-predictor``) or measured top-1 (model + images), cached if asked."""
+    if options.predictor:
+        return MLPAccuracyPredictor.load(options.predictor)
+    if model is None:
+        raise UsageError(
+            "give --accuracy-predictor FILE, or --model with validation images for measured accuracy"
+        )
+    if not model.meaningful_accuracy:
+        raise UsageError("a measured-accuracy search needs real weights, not a random super-network")
+    validation = image_set(options.validation, flag="val", progress=progress)
+    calibration = image_set(options.calibration, flag="calib", progress=progress)
+    source: AccuracySource = MeasuredAccuracy(
+        model,
+        validation=validation,
+        calibration=calibration,
+        device=model_options.torch_device,
+        batch_size=model_options.batch_size,
+        progress=progress,
+    )
+    if options.cache:
+        source = CachedAccuracy(
+            source,
+            options.cache,
+            supernet_sha256=model.sha256,
+            dataset=f"{validation.name} | calib {calibration.name}",
+        )
+    return source
+
+
+def search_resolutions(
+    space: SpaceOptions, table: LatencyTable, accuracy: AccuracySource, model: Supernet | None
+) -> tuple[int, ...]:
+    """The resolutions to search.
+
+    ``--resolutions`` (each must be in the table), else the table's resolutions that the accuracy
+    source distinguishes and the model was trained at.
+    """
+    if space.resolutions:
+        wanted = sorted(set(space.resolutions))
+        missing = [r for r in wanted if r not in table.resolutions]
+        if missing:
+            raise UsageError(
+                f"the latency table has no resolution {missing} "
+                f"(it has {list(table.resolutions)}); profile them"
+            )
+        return tuple(wanted)
+    resolutions = list(table.resolutions)
+    if isinstance(accuracy, MLPAccuracyPredictor):
+        resolutions = list(accuracy.supported_resolutions(resolutions))
+    if model is not None:
+        resolutions = [r for r in resolutions if r in model.resolutions]
+    return tuple(resolutions)
