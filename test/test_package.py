@@ -219,6 +219,8 @@ def test_entry_point_installed(install_prefix: Path, dest: str, name: str, modul
     if dest == "bin":  # on PATH after `source install/setup.bash`
         assert shutil.which(name) == str(exe)
     source = REPO_ROOT.joinpath(*module.split(".")).with_suffix(".py")
+    if not source.is_file():  # a package: its __init__.py
+        source = REPO_ROOT.joinpath(*module.split("."), "__init__.py")
     assert source.is_file(), (
         f"{name} runs {module}:{func}, but {source.relative_to(REPO_ROOT)} does not exist"
     )
