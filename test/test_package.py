@@ -140,6 +140,75 @@ def test_checker_reports_broken_package(checker: ModuleType, tmp_path: Path) -> 
     assert "add numpy to requirements.txt" not in text
 
 
+def test_every_declared_dependency_is_imported(checker: ModuleType) -> None:
+    problems: list[str] = []
+    info = checker.parse_package_xml(REPO_ROOT / "package.xml", problems)
+    assert checker.check_declared_are_imported(info) == []
+
+
+def test_checker_reports_declared_but_unused(checker: ModuleType, tmp_path: Path) -> None:
+    (tmp_path / "package.xml").write_text(
+        """<?xml version="1.0"?>
+<package format="3">
+  <name>dynamic_ofa_ros</name>
+  <version>0.1.0</version>
+  <description>x</description>
+  <maintainer email="a@b.org">x</maintainer>
+  <license>MIT</license>
+  <depend>std_msgs</depend>
+  <exec_depend>python3-numpy</exec_depend>
+  <exec_depend>python3-yaml</exec_depend>
+  <exec_depend>cv_bridge</exec_depend>
+  <exec_depend>ros2launch</exec_depend>
+  <test_depend>python3-pytest</test_depend>
+</package>
+"""
+    )
+    (tmp_path / "msg").mkdir()
+    (tmp_path / "msg" / "A.msg").write_text("std_msgs/Header header\n")
+    (tmp_path / "setup.py").write_text(
+        'INSTALL_REQUIRES = ["numpy>=1.24", "tqdm"]\n'
+        'EXTRAS_REQUIRE = {"demo": ["scikit-image"], "dev": ["pytest", "ruff"]}\n'
+    )
+    (tmp_path / "requirements.txt").write_text("numpy==2.0\nros-std-msgs==5.5.1\ngdown\n# a comment\n")
+    (tmp_path / "dynamic_ofa_ros").mkdir()
+    (tmp_path / "dynamic_ofa_ros" / "m.py").write_text("import numpy\nimport skimage.data\n")
+    (tmp_path / "launch").mkdir()
+    (tmp_path / "launch" / "x.launch.py").write_text("import yaml\n")
+
+    problems: list[str] = []
+    info = checker.parse_package_xml(tmp_path / "package.xml", problems)
+    assert info is not None and problems == []
+    allowed = {"ros2launch": "`ros2 launch`", "gdown": "needed by ofa", "PIL": "stale", "colcon": "stale"}
+    found = checker.check_declared_are_imported(info, tmp_path, not_imported=allowed)
+    text = "\n".join(found)
+    for expected in (
+        "package.xml: cv-bridge is declared but no known module maps to it",
+        "setup.py: tqdm is declared but no module of ours imports tqdm",
+        "NOT_IMPORTED: pil is not declared anywhere",
+        "NOT_IMPORTED: colcon is not declared anywhere",
+    ):
+        assert expected in text, f"{expected!r} not reported; got:\n{text}"
+    # imported (numpy, skimage; yaml from launch/), an interface dependency (std_msgs),
+    # allowed (ros2launch, gdown), a test or tool dependency (pytest, ruff): all fine
+    for fine in (
+        "numpy",
+        "scikit-image",
+        "python3-yaml",
+        "std-msgs",
+        "ros2launch",
+        "gdown",
+        "pytest",
+        "ruff",
+    ):
+        assert not any(f": {fine} is declared" in line for line in found), f"{fine} reported:\n{text}"
+    assert len(found) == 4, text
+
+    (tmp_path / "dynamic_ofa_ros" / "n.py").write_text("import gdown\n")
+    found = checker.check_declared_are_imported(info, tmp_path, not_imported=allowed)
+    assert "NOT_IMPORTED: gdown is imported now; remove it from the allow-list" in found
+
+
 # --- setup.py (pip install of the ROS-free parts) ---------------------------------------------
 
 
@@ -201,6 +270,7 @@ def test_setup_py_builds_a_wheel_of_the_ros_free_parts(tmp_path: Path) -> None:
     for path in (REPO_ROOT / "dynamic_ofa_ros" / "embedded").glob("*"):
         if path.suffix in (".json", ".safetensors"):
             assert str(path.relative_to(REPO_ROOT)) in names
+    assert {"dynamic_ofa_ros/py.typed", "offline_tools/py.typed"} <= names  # PEP 561
     assert "dofa-bench = dynamic_ofa_ros.bench:main" in entry_points
     assert "dofa-levels = offline_tools.cli:main" in entry_points
 
