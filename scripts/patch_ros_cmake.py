@@ -41,6 +41,11 @@ def replacements() -> dict[str, str]:
 
 
 def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` atomically, keeping its permissions.
+
+    A standard-library twin of ``dynamic_ofa_ros.timing.atomic_write_text``: this script runs
+    from ``scripts/bootstrap.sh`` before the package is built, so it cannot import the package.
+    """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -70,6 +75,7 @@ def patch(prefix: Path, *, check: bool = False) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Command line: ``--prefix VENV`` (default: this interpreter's) and ``--check``; exit status."""
     parser = argparse.ArgumentParser(description="Point the ros-* wheels' CMake exports at this venv.")
     parser.add_argument(
         "--prefix", type=Path, default=Path(sys.prefix), help="virtual environment (default: this one)"
