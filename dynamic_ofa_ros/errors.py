@@ -36,4 +36,3 @@ class ConstraintError(DofaError, ValueError):
 
 class ImageError(DofaError, ValueError):
     """An input image that cannot be classified (wrong shape, dtype, encoding or size)."""
-
