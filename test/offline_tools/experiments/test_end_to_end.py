@@ -1,19 +1,17 @@
-"""Tests of ``offline_tools.experiments`` (Figs. 6/7/8) on the CPU with a tiny configuration.
+"""``offline_tools.experiments`` end to end (Figs. 6/7/8) on the CPU with a tiny configuration.
 
-The end-to-end test runs every experiment (frame loop, co-located training process, two
+Runs every experiment (the DynamicClassifier frame loop, co-located training process, two
 coordinated classifier processes, analysis, JSON, PNG) with a random-weight super-network,
 a 3-level table built here with the core's tools and phases of a fraction of a second; it
 checks the result files' fields, not timings. The metric and budget rules are tested on
-scripted traces. The GPU run itself (CUDA graphs, a real GPU load) is in ``test_cuda_quick``,
-skipped without a GPU.
+scripted traces in ``test_records.py`` / ``test_budgets.py``. The GPU run itself (CUDA graphs,
+a real GPU load) is ``test_cuda_quick``, skipped without a GPU.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -111,15 +109,8 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
     for i in range(4):
         Image.fromarray(rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)).save(img_dir / f"{i}.png")
     out = tmp / "out"
-    args = {
-        "model": "random",
-        "allow_random": True,
-        "table": str(table),
-        "images": str(img_dir),
-        "out": str(out),
-        "tag": None,
-    }
-    results, failures = ex.run_experiments(args, _tiny_settings(), list(ex.EXPERIMENTS))
+    inputs = ex.Inputs(model="random", allow_random=True, table=table, images=str(img_dir), out=out)
+    results, failures = ex.run_experiments(inputs, _tiny_settings(), list(ex.EXPERIMENTS))
     return out, results, failures
 
 
@@ -207,109 +198,14 @@ def test_fig8_two_classifiers_coordinate(tiny_run: tuple[Path, dict[str, Any], i
     assert statuses["published"] > 0 and statuses["received"] > 0
 
 
-def _rec(levels: list[int], lat: list[float], budget: list[float], load: list[int]) -> ex.RunRecord:
-    rec = ex.RunRecord(name="t")
-    for i, (lv, la, bu, lo) in enumerate(zip(levels, lat, budget, load, strict=True)):
-        rec.append(i * 0.01, lv, la, la, bu, lo)
-    return rec
-
-
-def test_analyse_run_on_a_scripted_load_step() -> None:
-    # 30 frames alone at level 3 (5 ms, budget 8), load from frame 30: level 3 takes 12 ms for
-    # 20 frames, then the manager is at level 1 (6 ms) until the load ends at frame 80; back at 3 at 100.
-    n = 120
-    levels = [3] * 50 + [1] * 50 + [3] * 20
-    lat = [5.0] * 30 + [12.0] * 20 + [6.0] * 50 + [5.0] * 20
-    load = [0] * 30 + [1] * 50 + [0] * 40
-    rec = _rec(levels, lat, [8.0] * n, load)
-    acc = {1: 70.0, 2: 75.0, 3: 80.0}
-    lut = {1: 2.0, 2: 4.0, 3: 6.0}
-    m = ex.analyse_run(rec, window=10, accuracy=acc, alone_lut=lut)
-    kinds = [e["kind"] for e in m["events"]]
-    assert kinds == ["start", "load_on", "load_off"]
-    assert m["reaction_frames"] == 20  # frames 30..49 violate, from frame 50 a full window fits
-    assert m["reaction_ms"] == pytest.approx(200.0)
-    assert m["recovery_frames"] == 20  # level 3 (the LUT choice for 8 ms) again at frame 100
-    assert m["deadline_hit_after_reaction"] == 1.0  # the 20 violating frames are excluded
-    assert m["deadline_hit_all"] == pytest.approx(100 / 120)
-    assert m["mean_accuracy"] == pytest.approx((70 * 50 + 80 * 70) / 120)
-    # a baseline scored with the dynamic run's reactions: same frames excluded
-    static = _rec([3] * n, [5.0] * 30 + [12.0] * 50 + [5.0] * 40, [8.0] * n, load)
-    sm = ex.analyse_run(
-        static,
-        window=10,
-        accuracy=acc,
-        alone_lut=lut,
-        reaction_from=m["events"],
-        static=True,
-    )
-    assert sm["reaction_frames"] is None  # never meets the budget under load
-    assert sm["recovery_frames"] is None  # a static level has nothing to recover
-    assert sm["deadline_hit_after_reaction"] == pytest.approx(70 / 100)
-    # a static level below the LUT level: only the deadline counts for its reaction
-    low = ex.analyse_run(
-        _rec([1] * 20, [1.0] * 20, [8.0] * 20, [0] * 20), window=10, accuracy=acc, alone_lut=lut, static=True
-    )
-    assert low["reaction_frames"] == 0 and low["deadline_hit_after_reaction"] == 1.0
-
-
-def test_budget_rules() -> None:
-    alone = {1: 1.0, 2: 1.5, 3: 2.0, 4: 3.0}
-    b6 = ex.fig6_budgets(alone, 1.1)
-    assert b6["tight"][1] == 1 and b6["medium"][1] == 3 and b6["loose"][1] == 4
-    for budget, lvl in b6.values():
-        assert ex.lut_level(alone, budget) == lvl
-    loaded = {1: 3.0, 2: 3.6, 3: 4.4, 4: 6.0}
-    rule = ex.load_budget(alone, loaded, 1.1)
-    assert rule["budget_ms"] == pytest.approx(3.3)
-    assert rule["static_safe"] == 1 and rule["static_alone"] == 4 and rule["load_effect"] == "slows"
-    none = ex.load_budget(alone, alone, (1.1, 1.05))
-    assert none["load_effect"] == "none" and set(none["candidates"]) == {"1.1", "1.05"}
-    # a constant added delay: no gap with a wide margin, one with a narrower margin
-    added = {lvl: ms + 4.0 for lvl, ms in alone.items()}
-    assert ex.load_budget(alone, added, 1.5)["load_effect"] == "none"
-    narrow = ex.load_budget(alone, added, (1.5, 1.05))
-    assert narrow["margin"] == 1.05 and narrow["static_safe"] < narrow["static_alone"]
-    assert ex.monotone({1: 2.0, 2: 1.9, 3: 3.0})[2] > 2.0
-    assert ex.lut_level(alone, 0.1) == 1
-
-
-def test_load_images_from_zip_folder_and_synthetic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from PIL import Image
-
-    buf = tmp_path / "a.jpg"
-    Image.fromarray(np.full((20, 30, 3), 128, dtype=np.uint8)).save(buf)
-    with zipfile.ZipFile(tmp_path / "imgs.zip", "w") as zf:
-        for i in range(5):
-            zf.write(buf, f"val/cls/{i}.JPEG")
-    images, desc = ex.load_images(str(tmp_path / "imgs.zip"), 3, size=32)
-    assert len(images) == 3 and images[0].shape == (32, 32, 3) and images[0].dtype == np.uint8
-    assert "imgs.zip" in desc
-    images, _ = ex.load_images(str(tmp_path), 10)
-    assert len(images) == 1
-    images, desc = (
-        ex.load_images(None, 2) if not ex._shared_candidates() else ex.load_images(str(tmp_path), 1)
-    )
-    assert images
-    with pytest.raises(ValueError, match="not a folder"):
-        ex.load_images(str(tmp_path / "nothing.txt"), 1)
-
-
-def test_compact_timeline_strides() -> None:
-    rec = _rec([1] * 10, [1.0] * 10, [2.0] * 10, [0] * 10)
-    c = rec.compact(4)
-    assert c["stride"] == 3 and c["frames"] == 10 and len(c["t"]) == 4
-    assert math.isclose(c["t"][1], 0.03)
-
-
 @pytest.mark.cuda
 def test_cuda_quick(tmp_path: Path) -> None:
     """On a GPU: fig6 through the CUDA-graph engine with the shipped CUDA table (quick settings)."""
-    table = Path(__file__).resolve().parents[2] / "config" / "levels" / "cuda.json"
+    table = Path(__file__).resolve().parents[3] / "config" / "levels" / "cuda.json"
     if not table.is_file():
         pytest.skip(f"{table} not shipped yet")
     settings = ex.Settings.for_device("cuda", quick=True)
     settings = dataclasses.replace(settings, fig6_phases_s=(0.5, 0.5, 0.5))
-    args = {"model": "embedded", "table": str(table), "images": None, "out": str(tmp_path), "tag": None}
-    results, failures = ex.run_experiments(args, settings, ["fig6"])
+    inputs = ex.Inputs(model="embedded", table=table, out=tmp_path)
+    results, failures = ex.run_experiments(inputs, settings, ["fig6"])
     assert failures == 0 and results["fig6"]["device"]
