@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dynamic_ofa_ros.errors import DofaError
+
 __all__ = [
     "ACCURACY_FILE",
     "ACCURACY_FORMAT",
@@ -29,7 +31,7 @@ METRICS_FILE = "train_metrics.json"
 LOG_FILE = "train_log.jsonl"
 
 
-class TrainSetupError(ValueError):
+class TrainSetupError(DofaError, ValueError):
     """A run that cannot start (an unusable device, a checkpoint that does not fit); the message says why."""
 
 
