@@ -67,22 +67,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """:meth:`Settings.for_device` with the options given on the command line."""
     settings = Settings.for_device(resolve_device(str(args.device)), quick=bool(args.quick))
-    settings = replace(settings, lut_source=str(args.lut_source), statistic=str(args.statistic))
-    if args.fps is not None:
-        settings = replace(settings, fps=float(args.fps))
-    if args.fig8_fps is not None:
-        settings = replace(settings, fig8_fps=float(args.fig8_fps))
-    if args.threads is not None:
-        settings = replace(settings, threads=int(args.threads))
-    if args.window is not None:
-        settings = replace(settings, window_size=int(args.window))
-    if args.margin is not None:
-        settings = replace(settings, margin=float(args.margin))
-    if args.load_margin is not None:
-        settings = replace(settings, load_margin=float(args.load_margin))
-    if args.n_images is not None:
-        settings = replace(settings, n_images=int(args.n_images))
-    return settings
+    given = {
+        "fps": args.fps,
+        "fig8_fps": args.fig8_fps,
+        "threads": args.threads,
+        "window_size": args.window,
+        "margin": args.margin,
+        "load_margin": args.load_margin,
+        "n_images": args.n_images,
+    }
+    # argparse already gave these their types (float / int)
+    overrides = {name: value for name, value in given.items() if value is not None}
+    return replace(settings, lut_source=str(args.lut_source), statistic=str(args.statistic), **overrides)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -185,18 +185,10 @@ class Headline(TypedDict):
     deadline_hit_all: float
 
 
-class RunMetrics(TypedDict):
+class RunMetrics(Headline):
     """Every metric of one run (:func:`analyse_run`); the experiment adds the last three."""
 
-    deadline_hit_after_reaction: float | None
-    reaction_frames: int | None
-    reaction_ms: float | None
-    recovery_frames: int | None
-    recovery_ms: float | None
     recovery_events: int
-    window_size: int
-    mean_accuracy: float
-    deadline_hit_all: float
     frames: int
     frames_scored: int
     latency_ms_p50: float
@@ -209,17 +201,9 @@ class RunMetrics(TypedDict):
     manager: NotRequired[ManagerSummary | dict[str, int]]
 
 
-class Combined(TypedDict):
+class Combined(Headline):
     """Two models' metrics pooled (fig. 8): the headline plus the frame count."""
 
-    deadline_hit_after_reaction: float | None
-    reaction_frames: int | None
-    reaction_ms: float | None
-    recovery_frames: int | None
-    recovery_ms: float | None
-    window_size: int
-    mean_accuracy: float
-    deadline_hit_all: float
     frames: int
 
 
