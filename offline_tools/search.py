@@ -26,10 +26,10 @@ super-network for one device:
      only under the final constraint ``lat_c``, the oldest member dies. Fitness is accuracy,
      so the population climbs to the most accurate architectures at that latency.
 
-3. **Pareto front** (:func:`pareto_front`) of every architecture evaluated, and the **levels**
-   (:func:`choose_levels`): up to ``n_levels`` front points from the fastest to the most
-   accurate, consecutive accuracies at least ``min_step`` points apart, spread as evenly as
-   possible in log-latency and accuracy.
+3. **Pareto front** (:func:`offline_tools.pareto.pareto_front`) of every architecture evaluated,
+   and the **levels** (:func:`offline_tools.pareto.choose_levels`): up to ``n_levels`` front
+   points from the fastest to the most accurate, consecutive accuracies at least ``min_step``
+   points apart, spread as evenly as possible in log-latency and accuracy.
 
 Everything is deterministic for a given seed: all randomness comes from ``random.Random``
 instances seeded from it, and evaluation is cached per ``SubnetConfig.key()`` (a network is
@@ -42,7 +42,7 @@ import math
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
@@ -51,18 +51,16 @@ from tqdm import tqdm  # type: ignore[import-untyped]
 from dynamic_ofa_ros.arch import N_BLOCKS, N_STAGES, SearchSpace, SubnetConfig
 from offline_tools.accuracy import AccuracySource
 from offline_tools.errors import SearchError
+from offline_tools.pareto import Candidate, choose_levels, pareto_front
 
 __all__ = [
-    "Candidate",
     "Evaluator",
     "LatencySource",
     "SearchResult",
     "SearchSettings",
     "TargetRun",
     "accuracy_constrained_random_search",
-    "choose_levels",
     "find_extremes",
-    "pareto_front",
     "regularized_evolution",
     "search_family",
 ]
@@ -75,24 +73,6 @@ class LatencySource(Protocol):
     def predict(self, cfg: SubnetConfig) -> float:
         """Latency of ``cfg`` in ms."""
         ...
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """An evaluated sub-network."""
-
-    config: SubnetConfig
-    accuracy: float
-    latency_ms: float
-
-    @property
-    def key(self) -> str:
-        """``config.key()``."""
-        return self.config.key()
-
-    def to_dict(self) -> dict[str, Any]:
-        """Architecture fields plus ``accuracy`` and ``latency_ms``."""
-        return {**self.config.to_dict(), "accuracy": self.accuracy, "latency_ms": self.latency_ms}
 
 
 class Evaluator:
@@ -547,89 +527,131 @@ def _coordinate_search(
 
 
 # --------------------------------------------------------------------------------------------
-# Pareto front and level choice
-# --------------------------------------------------------------------------------------------
-
-
-def pareto_front(candidates: Iterable[Candidate]) -> list[Candidate]:
-    """Candidates not dominated by another (faster-or-equal and more accurate), by increasing latency.
-
-    Of candidates with equal latency only the most accurate is kept; on the front both latency and
-    accuracy strictly increase.
-    """
-    ordered = sorted(candidates, key=lambda c: (c.latency_ms, -c.accuracy, c.key))
-    front: list[Candidate] = []
-    best_acc = -math.inf
-    for cand in ordered:
-        if cand.accuracy > best_acc:
-            if front and front[-1].latency_ms == cand.latency_ms:
-                continue
-            front.append(cand)
-            best_acc = cand.accuracy
-    return front
-
-
-def choose_levels(front: Sequence[Candidate], *, n_levels: int = 6, min_step: float = 1.0) -> list[Candidate]:
-    """Pick up to ``n_levels`` front points, from the fastest to the most accurate.
-
-    Consecutive levels differ by at least ``min_step`` accuracy points. Among the subsets of the
-    largest feasible size (at most ``n_levels``) that include both ends of the front, the one whose
-    steps are most even in log-latency and in accuracy is chosen (dynamic programming, exact).
-    """
-    if n_levels < 1:
-        raise SearchError(f"n_levels={n_levels} must be >= 1")
-    if min_step < 0:
-        raise SearchError(f"min_step={min_step} must be >= 0")
-    pts = sorted(front, key=lambda c: c.latency_ms)
-    if not pts:
-        raise SearchError("no Pareto-optimal architecture to choose levels from")
-    if n_levels == 1 or len(pts) == 1:
-        return [pts[-1]]
-    m = len(pts)
-    logl = [math.log(max(c.latency_ms, 1e-9)) for c in pts]
-    acc = [c.accuracy for c in pts]
-    span_l = max(logl[-1] - logl[0], 1e-9)
-    span_a = max(acc[-1] - acc[0], 1e-9)
-    for k in range(min(n_levels, m), 1, -1):
-        if span_a < (k - 1) * min_step - 1e-9:
-            continue
-        ideal_l, ideal_a = span_l / (k - 1), span_a / (k - 1)
-        inf = math.inf
-        # cost[j]: best cost of a chain from point 0 to point j using `count` points
-        cost = [inf] * m
-        cost[0] = 0.0
-        parents: list[list[int]] = []
-        for _count in range(2, k + 1):
-            new = [inf] * m
-            par = [-1] * m
-            for j in range(1, m):
-                best, arg = inf, -1
-                for i in range(j):
-                    if cost[i] == inf or acc[j] - acc[i] < min_step - 1e-9:
-                        continue
-                    dl = (logl[j] - logl[i]) / ideal_l - 1.0
-                    da = (acc[j] - acc[i]) / ideal_a - 1.0
-                    c = cost[i] + dl * dl + da * da
-                    if c < best:
-                        best, arg = c, i
-                new[j], par[j] = best, arg
-            parents.append(par)
-            cost = new
-        if cost[m - 1] < inf:
-            chain = [m - 1]
-            for par in reversed(parents):
-                chain.append(par[chain[-1]])
-            return [pts[i] for i in reversed(chain)]
-    return [pts[-1]]
-
-
-# --------------------------------------------------------------------------------------------
 # The whole search
 # --------------------------------------------------------------------------------------------
 
 
 def _target_rng(seed: int, index: int) -> random.Random:
     return random.Random(seed * 1_000_003 + index)
+
+
+def _sweep_targets(
+    settings: SearchSettings, fastest: Candidate, top: Candidate, lat_init: float, lat_max: float
+) -> list[tuple[float, float]]:
+    """The (acc_max, latency constraint) of every target: one explicit band, or the sweep.
+
+    The sweep spaces accuracy linearly from the fastest network (+ ``acc_r``) to the most
+    accurate one, and latency geometrically from ``lat_init`` to ``lat_max``.
+    """
+    if settings.acc_max is not None:
+        return [(settings.acc_max, lat_max)]
+    acc_lo = fastest.accuracy + settings.acc_r
+    acc_hi = max(top.accuracy, acc_lo)
+    lat_lo, lat_hi = math.log(lat_init), math.log(lat_max)
+    fractions = [(i + 1) / settings.targets for i in range(settings.targets)]
+    return [(acc_lo + (acc_hi - acc_lo) * f, math.exp(lat_lo + (lat_hi - lat_lo) * f)) for f in fractions]
+
+
+def _run_target(
+    space: SearchSpace,
+    ev: Evaluator,
+    settings: SearchSettings,
+    index: int,
+    target: tuple[float, float],
+    lat_init: float,
+) -> TargetRun:
+    """Algorithm 1 for one target, then regularised evolution from what it found."""
+    acc_max, lat_target = target
+    rng = _target_rng(settings.seed, index)
+    lat_add = (
+        settings.lat_add
+        if settings.lat_add is not None
+        else max((lat_target - lat_init) * settings.itr_n / settings.itr_max, 1e-6)
+    )
+    run, found = accuracy_constrained_random_search(
+        space,
+        ev,
+        acc_max=acc_max,
+        acc_r=settings.acc_r,
+        lat_init=lat_init,
+        lat_add=lat_add,
+        lat_max=lat_target,
+        itr_n=settings.itr_n,
+        itr_max=settings.itr_max,
+        population=settings.population,
+        rng=rng,
+    )
+    seeds = list(found)
+    if settings.acc_max is None and len(seeds) < settings.population:
+        # sweep: a target whose accuracy band random sampling rarely reaches below its latency
+        # still explores that latency, seeded with the best networks evaluated so far under it
+        have = {c.key for c in seeds}
+        extra = sorted(
+            (c for c in ev.candidates() if c.latency_ms <= run.lat_c and c.key not in have),
+            key=lambda c: (-c.accuracy, c.latency_ms, c.key),
+        )
+        run.seeded = len(extra[: settings.population - len(seeds)])
+        seeds += extra[: run.seeded]
+    if seeds:
+        final = regularized_evolution(
+            space,
+            ev,
+            seeds,
+            lat_c=run.lat_c,
+            generations=settings.generations,
+            population=settings.population,
+            mutation_prob=settings.mutation_prob,
+            parent_ratio=settings.parent_ratio,
+            mutation_ratio=settings.mutation_ratio,
+            rng=rng,
+        )
+        best_final = max(final, key=lambda c: (c.accuracy, -c.latency_ms, c.key))
+        if run.best is None or _better(best_final, run.best):
+            run.best = best_final
+    return run
+
+
+def _no_solution(
+    runs: Sequence[TargetRun], band: tuple[float, float], lat_max: float, fastest: Candidate, top: Candidate
+) -> SearchError:
+    """The error for an explicit accuracy band ``(acc_max, acc_r)`` that no run hit."""
+    closest = min(
+        (run.closest for run in runs if run.closest is not None),
+        key=lambda c: min(_band_distance(c, r.acc_max - r.acc_r, r.acc_max, r.lat_c, r.acc_r) for r in runs),
+        default=None,
+    )
+    acc_max, acc_r = band
+    where = f"accuracy in [{acc_max - acc_r:.2f}, {acc_max:.2f}] %"
+    detail = (
+        f"; closest found: {closest.config.summary()} with {closest.accuracy:.2f} % at "
+        f"{closest.latency_ms:.3f} ms"
+        if closest
+        else ""
+    )
+    return SearchError(
+        f"no architecture satisfies the constraints ({where}, latency < {lat_max:.3f} ms, "
+        f"{sum(r.iterations for r in runs)} samples){detail}. The space reaches "
+        f"{fastest.accuracy:.2f} % at {fastest.latency_ms:.3f} ms (fastest) up to "
+        f"{top.accuracy:.2f} % at {top.latency_ms:.3f} ms (most accurate); relax acc_max/acc_r or lat_max"
+    )
+
+
+def _front_within(
+    ev: Evaluator, settings: SearchSettings, lat_max: float, min_accuracy: float | None
+) -> list[Candidate]:
+    """The Pareto front of every evaluated candidate within the explicit constraints."""
+    pool = ev.candidates()
+    if settings.lat_max is not None:
+        pool = [c for c in pool if c.latency_ms <= settings.lat_max + 1e-9]
+    if min_accuracy is not None:
+        pool = [c for c in pool if c.accuracy >= min_accuracy]
+    front = pareto_front(pool)
+    if not front:
+        raise SearchError(
+            f"no evaluated architecture meets latency <= {lat_max:.3f} ms"
+            + (f" and accuracy >= {min_accuracy:.2f} %" if min_accuracy is not None else "")
+        )
+    return front
 
 
 def search_family(
@@ -646,11 +668,27 @@ def search_family(
 ) -> SearchResult:
     """Anchors → sweep (Algorithm 1 + evolution per target) → Pareto front → levels (module doc).
 
-    Raises :class:`SearchError` (with the closest architecture found) when the constraints admit no
-    architecture: an explicit ``acc_max``/``acc_r`` band that Algorithm 1 never hits below
-    ``lat_max``, a ``lat_max`` below the fastest network, or no candidate above ``min_accuracy``.
     In a sweep, a target whose band random sampling misses is still explored: its evolution is
     seeded with the most accurate networks evaluated so far under its latency (``TargetRun.seeded``).
+
+    Args:
+        space: the super-network's search space.
+        accuracy: top-1 % of architectures (predicted or measured).
+        latency: latency of architectures (look-up table).
+        settings: Algorithm 1 and evolution settings (default :class:`SearchSettings`).
+        n_levels: how many levels to choose from the front.
+        min_step: minimum accuracy step between chosen levels (points).
+        min_accuracy: drop candidates below this top-1 % from the front.
+        progress: show a progress bar over the targets.
+        evaluator: reuse an evaluator (and its archive of evaluated architectures).
+
+    Returns:
+        Every candidate evaluated, the Pareto front, the chosen levels and how the run went.
+
+    Raises:
+        SearchError: the constraints admit no architecture (with the closest one found): an
+            explicit ``acc_max``/``acc_r`` band that Algorithm 1 never hits below ``lat_max``, a
+            ``lat_max`` below the fastest network, or no candidate above ``min_accuracy``.
     """
     settings = settings or SearchSettings()
     started = time.perf_counter()
@@ -661,115 +699,26 @@ def search_family(
     # (the slowest network of the space, often far slower, only bounds it)
     default_max = min(slowest.latency_ms, max(top.latency_ms * 1.05, fastest.latency_ms * 1.01))
     lat_max = settings.lat_max if settings.lat_max is not None else default_max
-    notes: list[str] = []
     if lat_max < lat_init:
         raise SearchError(
             f"lat_max={lat_max:.3f} ms is below lat_init={lat_init:.3f} ms; the fastest architecture of the "
             f"space takes {fastest.latency_ms:.3f} ms ({fastest.config.summary()})"
         )
-    # (acc_max, latency constraint of the target) pairs
-    if settings.acc_max is not None:
-        targets = [(settings.acc_max, lat_max)]
-    else:
-        acc_lo, acc_hi = (
-            fastest.accuracy + settings.acc_r,
-            max(top.accuracy, fastest.accuracy + settings.acc_r),
-        )
-        lat_lo, lat_hi = math.log(lat_init), math.log(lat_max)
-        n = settings.targets
-        fractions = [(i + 1) / n for i in range(n)]
-        targets = [
-            (acc_lo + (acc_hi - acc_lo) * f, math.exp(lat_lo + (lat_hi - lat_lo) * f)) for f in fractions
-        ]
+    targets = _sweep_targets(settings, fastest, top, lat_init, lat_max)
     runs: list[TargetRun] = []
     bar = tqdm(targets, desc="search targets", disable=not progress, leave=False)
-    for index, (acc_max, lat_target) in enumerate(bar):
-        rng = _target_rng(settings.seed, index)
-        lat_add = (
-            settings.lat_add
-            if settings.lat_add is not None
-            else max((lat_target - lat_init) * settings.itr_n / settings.itr_max, 1e-6)
-        )
-        run, found = accuracy_constrained_random_search(
-            space,
-            ev,
-            acc_max=acc_max,
-            acc_r=settings.acc_r,
-            lat_init=lat_init,
-            lat_add=lat_add,
-            lat_max=lat_target,
-            itr_n=settings.itr_n,
-            itr_max=settings.itr_max,
-            population=settings.population,
-            rng=rng,
-        )
-        seeds = list(found)
-        if settings.acc_max is None and len(seeds) < settings.population:
-            # sweep: a target whose accuracy band random sampling rarely reaches below its latency
-            # still explores that latency, seeded with the best networks evaluated so far under it
-            have = {c.key for c in seeds}
-            extra = sorted(
-                (c for c in ev.candidates() if c.latency_ms <= run.lat_c and c.key not in have),
-                key=lambda c: (-c.accuracy, c.latency_ms, c.key),
-            )
-            run.seeded = len(extra[: settings.population - len(seeds)])
-            seeds += extra[: run.seeded]
-        if seeds:
-            final = regularized_evolution(
-                space,
-                ev,
-                seeds,
-                lat_c=run.lat_c,
-                generations=settings.generations,
-                population=settings.population,
-                mutation_prob=settings.mutation_prob,
-                parent_ratio=settings.parent_ratio,
-                mutation_ratio=settings.mutation_ratio,
-                rng=rng,
-            )
-            best_final = max(final, key=lambda c: (c.accuracy, -c.latency_ms, c.key))
-            if run.best is None or _better(best_final, run.best):
-                run.best = best_final
-        runs.append(run)
+    for index, target in enumerate(bar):
+        runs.append(_run_target(space, ev, settings, index, target, lat_init))
         bar.set_postfix(candidates=len(ev.archive))
     bar.close()
     if settings.acc_max is not None and not any(run.found for run in runs):
-        closest = min(
-            (run.closest for run in runs if run.closest is not None),
-            key=lambda c: min(
-                _band_distance(c, r.acc_max - r.acc_r, r.acc_max, r.lat_c, r.acc_r) for r in runs
-            ),
-            default=None,
-        )
-        where = f"accuracy in [{targets[0][0] - settings.acc_r:.2f}, {targets[0][0]:.2f}] %"
-        detail = (
-            f"; closest found: {closest.config.summary()} with {closest.accuracy:.2f} % at "
-            f"{closest.latency_ms:.3f} ms"
-            if closest
-            else ""
-        )
-        raise SearchError(
-            f"no architecture satisfies the constraints ({where}, latency < {lat_max:.3f} ms, "
-            f"{sum(r.iterations for r in runs)} samples){detail}. The space reaches "
-            f"{fastest.accuracy:.2f} % at {fastest.latency_ms:.3f} ms (fastest) up to "
-            f"{top.accuracy:.2f} % at {top.latency_ms:.3f} ms (most accurate); relax acc_max/acc_r or lat_max"
-        )
-    for run in runs:
-        if not run.found:
-            notes.append(
-                f"target acc_max={run.acc_max:.2f}: no architecture in range after {run.iterations} samples"
-            )
-    pool = ev.candidates()
-    if settings.lat_max is not None:
-        pool = [c for c in pool if c.latency_ms <= settings.lat_max + 1e-9]
-    if min_accuracy is not None:
-        pool = [c for c in pool if c.accuracy >= min_accuracy]
-    front = pareto_front(pool)
-    if not front:
-        raise SearchError(
-            f"no evaluated architecture meets latency <= {lat_max:.3f} ms"
-            + (f" and accuracy >= {min_accuracy:.2f} %" if min_accuracy is not None else "")
-        )
+        raise _no_solution(runs, (targets[0][0], settings.acc_r), lat_max, fastest, top)
+    notes = [
+        f"target acc_max={run.acc_max:.2f}: no architecture in range after {run.iterations} samples"
+        for run in runs
+        if not run.found
+    ]
+    front = _front_within(ev, settings, lat_max, min_accuracy)
     levels = choose_levels(front, n_levels=n_levels, min_step=min_step)
     if len(levels) < n_levels:
         notes.append(
@@ -790,12 +739,3 @@ def search_family(
         latency_evaluations=ev.latency_evaluations,
         notes=notes,
     )
-
-
-def candidates_from_records(records: Iterable[Mapping[str, Any]]) -> list[Candidate]:
-    """Candidates from ``{resolution, ks, e, d, accuracy, latency_ms}`` mappings (a search report)."""
-    out = []
-    for i, rec in enumerate(records):
-        cfg = SubnetConfig.from_dict(rec, where=f"candidate {i}")
-        out.append(Candidate(cfg, float(rec["accuracy"]), float(rec["latency_ms"])))
-    return out

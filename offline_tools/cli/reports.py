@@ -12,7 +12,8 @@ from dynamic_ofa_ros.levels import Level, LevelTable
 from dynamic_ofa_ros.supernet import Supernet
 from offline_tools.accuracy import AccuracySource, MLPAccuracyPredictor
 from offline_tools.latency.table import LatencyTable
-from offline_tools.search import Candidate, SearchResult
+from offline_tools.pareto import Candidate
+from offline_tools.search import SearchResult
 
 __all__ = [
     "describe_accuracy",

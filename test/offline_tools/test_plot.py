@@ -9,8 +9,8 @@ import pytest
 
 from dynamic_ofa_ros.arch import SearchSpace
 from dynamic_ofa_ros.levels import Level, LevelTable
+from offline_tools.pareto import Candidate, choose_levels, pareto_front
 from offline_tools.plot import PlotError, load_search_report, plot_search, plot_tables
-from offline_tools.search import Candidate, choose_levels, pareto_front
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SPACE = SearchSpace(resolutions=(160, 224))

@@ -14,17 +14,15 @@ from dynamic_ofa_ros.arch import SearchSpace, SubnetConfig
 from offline_tools.accuracy import MLPAccuracyPredictor
 from offline_tools.errors import SearchError
 from offline_tools.latency.table import LatencyTable
+from offline_tools.pareto import Candidate, choose_levels, pareto_front
 from offline_tools.search import (
-    Candidate,
     Evaluator,
     LatencySource,
     SearchSettings,
     accuracy_constrained_random_search,
-    choose_levels,
     crossover,
     find_extremes,
     mutate,
-    pareto_front,
     regularized_evolution,
     search_family,
 )
