@@ -12,14 +12,16 @@ Subcommands (``dofa-levels <command> --help`` for all options)::
         --calib DATA --val DATA            # writes config/levels/cpu.json + cpu.bn.safetensors
     dofa-levels plot --search-report REPORT.json --out fig3.png
     dofa-levels plot --table A.json --compare B.json --out fig4.png
-    dofa-levels experiments ...           # the paper's Figs. 6-8 (offline_tools.experiments)
-    dofa-levels train ...                 # the embedded super-network (offline_tools.training)
+    dofa-levels experiments --table config/levels/cpu.json --out results/   # Figs. 6-8
+    dofa-levels train --data train-128px-part*.zip --out OUT   # the embedded super-network
 
 Each subcommand's module adds its parser and converts the parsed options into a typed request
 for a typed function (``run_profile(ProfileRequest)``, ``run_search(SearchRequest)``, ...), which
 other code may call directly: :mod:`~offline_tools.cli.latency` (profile, validate-latency),
 :mod:`~offline_tools.cli.levels` (search, fit-predictor, calibrate),
-:mod:`~offline_tools.cli.build`, :mod:`~offline_tools.cli.plot`.
+:mod:`~offline_tools.cli.build`, :mod:`~offline_tools.cli.plot`; ``experiments`` and ``train`` are
+declared by :mod:`offline_tools.experiments.cli` and :mod:`offline_tools.training.cli`
+(``add_arguments(parser)`` + ``run(args)``).
 
 Every failure prints one line ``error: ...`` on stderr and exits with status 2 (1 for an internal
 error, 130 when interrupted); no output file is left half-written (all writes are atomic, and
@@ -37,6 +39,8 @@ from dynamic_ofa_ros.errors import DofaError
 from offline_tools.cli import build, latency, levels, plot
 from offline_tools.cli.common import add_progress_flag, say
 from offline_tools.errors import SearchError
+from offline_tools.experiments import cli as experiments_cli
+from offline_tools.training import cli as training_cli
 
 __all__ = ["build_parser", "main"]
 
@@ -56,6 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
     levels.register(sub)
     build.register(sub)
     plot.register(sub)
+    experiments = sub.add_parser(
+        "experiments",
+        help="the paper's runtime experiments (Figs. 6, 7, 8) on this device",
+        description=experiments_cli.DESCRIPTION,
+    )
+    experiments_cli.add_arguments(experiments)
+    experiments.set_defaults(handler=experiments_cli.run)
+    train = sub.add_parser("train", help="train the embedded super-network (docs/training.md)")
+    training_cli.add_arguments(train)
+    train.set_defaults(handler=training_cli.run)
     return parser
 
 

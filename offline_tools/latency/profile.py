@@ -13,8 +13,10 @@ from offline_tools.errors import LatencyTableError
 from offline_tools.latency.geometry import MobileNetV3Geometry, OperatorSpec
 from offline_tools.latency.runners import (
     Mode,
+    ProgressBar,
     Runner,
     RunnerSettings,
+    Timed,
     check_counts,
     check_device_mode,
     environment,
@@ -74,6 +76,31 @@ def _profile_plan(
     return plan
 
 
+def _time_operators(
+    plan: dict[int, list[OperatorSpec]],
+    geometry: MobileNetV3Geometry,
+    settings: RunnerSettings,
+    *,
+    calls: list[int],
+    bar: ProgressBar,
+) -> tuple[dict[tuple[int, str], Timed], float | None]:
+    """Samples of every planned operator by ``(resolution, key)``, and the preempted fraction."""
+    keys: list[tuple[int, str]] = []
+    runners: list[Runner] = []
+    bar.set_description("profile: build")
+    for r, ops in plan.items():
+        for op in ops:
+            runners.append(settings.operator_runner(op, geometry))
+            keys.append((r, op.key))
+            bar.update(1)
+    timed = round_robin(
+        runners, warm_each_pass=[False] * len(runners), calls=[calls] * len(runners), bar=bar, what="profile"
+    )
+    preempted = preempted_fraction(runners)
+    release_runners(runners, settings.device)
+    return dict(zip(keys, timed, strict=True)), preempted
+
+
 def profile_latency_table(  # noqa: PLR0913 - every knob of a profiling run, all keyword-only
     *,
     device: str = "cpu",
@@ -128,43 +155,25 @@ def profile_latency_table(  # noqa: PLR0913 - every knob of a profiling run, all
     torch.manual_seed(seed)
     settings = RunnerSettings.create(device=device, mode=str(mode), warmup=warmup, cuda_replays=cuda_replays)
     with torch_threads(threads):
-        keys: list[tuple[int, str]] = []
-        runners: list[Runner] = []
-        bar.set_description("profile: build")
-        for r, ops in plan.items():
-            for op in ops:
-                runners.append(settings.operator_runner(op, geometry))
-                keys.append((r, op.key))
-                bar.update(1)
-        timed = round_robin(
-            runners,
-            warm_each_pass=[False] * len(runners),
-            calls=[calls] * len(runners),
-            bar=bar,
-            what="profile",
-        )
-        preempted = preempted_fraction(runners)
-        release_runners(runners, device)
+        timed, preempted = _time_operators(plan, geometry, settings, calls=calls, bar=bar)
     entries: dict[int, dict[str, OperatorStats]] = {r: {} for r in plan}
-    for (r, key), samples in zip(keys, timed, strict=True):
+    for (r, key), samples in timed.items():
         entries[r][key] = summarize_samples(samples[pick])
     bar.close()
     metadata = environment(device, str(mode), threads)
     metadata.update(
-        {
-            "width_mult": width_mult,
-            "warmup": warmup,
-            "iterations": iterations,
-            "rounds": len(calls),
-            "cuda_replays": cuda_replays if device.startswith("cuda") else None,
-            "clock": used_clock,
-            "allocator": allocator,
-            "preempted_fraction": preempted,
-            "statistic": f"mean and std of the fastest {100 - round(100 * TRIM_FRACTION)} % of the samples",
-            "operators": "standalone OFA layer modules (ofa.utils.layers), random weights, eval mode",
-            "subset": configs is not None,
-            "profile_seconds": round(time.perf_counter() - started, 2),
-            "seed": seed,
-        }
+        width_mult=width_mult,
+        warmup=warmup,
+        iterations=iterations,
+        rounds=len(calls),
+        cuda_replays=cuda_replays if device.startswith("cuda") else None,
+        clock=used_clock,
+        allocator=allocator,
+        preempted_fraction=preempted,
+        statistic=f"mean and std of the fastest {100 - round(100 * TRIM_FRACTION)} % of the samples",
+        operators="standalone OFA layer modules (ofa.utils.layers), random weights, eval mode",
+        subset=configs is not None,
+        profile_seconds=round(time.perf_counter() - started, 2),
+        seed=seed,
     )
     return LatencyTable(entries, metadata=metadata, geometry=geometry, name=f"profiled {device}/{mode} table")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import statistics
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -153,6 +153,29 @@ def _paired_table(
     )
 
 
+def _runners(
+    net: nn.Module,
+    configs: Sequence[SubnetConfig],
+    operators: Iterable[OperatorSpec],
+    *,
+    settings: RunnerSettings,
+    geometry: MobileNetV3Geometry,
+    bar: ProgressBar,
+) -> list[Runner]:
+    """Runners of the sub-networks extracted from ``net`` (first, in order), then of ``operators``."""
+    device = settings.device
+    runners: list[Runner] = []
+    bar.set_description("measure: extract")
+    for cfg in configs:
+        x = torch.randn(1, 3, cfg.resolution, cfg.resolution, device=device)
+        runners.append(settings.runner(extract_subnet(net, cfg).to(device), x))
+        bar.update(1)
+    for spec in operators:
+        runners.append(settings.operator_runner(spec, geometry))
+        bar.update(1)
+    return runners
+
+
 def measure_subnets(  # noqa: PLR0913 - every knob of a measuring run, all keyword-only
     configs: Sequence[SubnetConfig],
     *,
@@ -204,15 +227,7 @@ def measure_subnets(  # noqa: PLR0913 - every knob of a measuring run, all keywo
     bar = progress_bar((len(configs) + len(op_specs)) * (1 + len(subnet_calls)), "measure", progress)
     settings = RunnerSettings.create(device=device, mode=str(mode), warmup=warmup, cuda_replays=cuda_replays)
     with torch_threads(threads):
-        runners: list[Runner] = []
-        bar.set_description("measure: extract")
-        for cfg in configs:
-            x = torch.randn(1, 3, cfg.resolution, cfg.resolution, device=device)
-            runners.append(settings.runner(extract_subnet(net, cfg).to(device), x))
-            bar.update(1)
-        for spec in op_specs.values():
-            runners.append(settings.operator_runner(spec, geometry))
-            bar.update(1)
+        runners = _runners(net, configs, op_specs.values(), settings=settings, geometry=geometry, bar=bar)
         timed = _interleaved(
             runners,
             n_subnets=len(configs),
@@ -342,6 +357,42 @@ def _preemption(report: dict[str, Any], results: Sequence[SubnetSamples], table:
         report["table_preempted_fraction"] = table.metadata.get("preempted_fraction")
 
 
+def _compare(
+    report: dict[str, Any],
+    table: LatencyTable,
+    configs: Sequence[SubnetConfig],
+    results: Sequence[SubnetSamples],
+    paired_table: LatencyTable | None,
+    *,
+    raw: Sequence[float],
+    measured: Sequence[float],
+    fit: bool,
+    seed: int,
+) -> None:
+    """Add the error blocks (``raw_wall``, ``paired``, ``corrected``, fit) and ``subnets`` to ``report``."""
+    clock = str(report["clock"])
+    if clock == "thread_cpu":
+        report["raw_wall"] = error_summary(raw, [summarize_samples(r.wall_ms).mean for r in results])
+    paired_raw: list[float] | None = None
+    if paired_table is not None:
+        paired_raw = [paired_table.predict_raw(cfg) for cfg in configs]
+        report["paired"] = error_summary(paired_raw, measured)
+        report["paired_preempted_fraction"] = paired_table.metadata.get("preempted_fraction")
+    corrected: list[float] | None = None
+    if table.correction is not None:
+        corrected = [table.correction.apply(v) for v in raw]
+        report["corrected"] = error_summary(corrected, measured)
+        report["correction"] = table.correction.to_dict()
+    if fit:
+        try:
+            _add_fit(report, raw, measured, configs, seed=seed, clock=clock)
+        except LatencyTableError as exc:
+            report["fit_error"] = str(exc)
+    report["subnets"] = _subnet_rows(
+        configs, results, clock=clock, raw=raw, corrected=corrected, paired_raw=paired_raw
+    )
+
+
 def validate_latency_table(  # noqa: PLR0913 - every knob of a validation run, all keyword-only
     table: LatencyTable,
     *,
@@ -411,42 +462,21 @@ def validate_latency_table(  # noqa: PLR0913 - every knob of a validation run, a
     measured = [summarize_samples(r.samples(used_clock)).mean for r in results]
     report: dict[str, Any] = environment(device, str(mode), threads)
     report.update(
-        {
-            "table": table.name,
-            "table_device": table.metadata.get("device_name"),
-            "clock": used_clock,
-            "allocator": stabilize_cpu_allocator() if not device.startswith("cuda") else None,
-            "n_subnets": len(configs),
-            "seed": seed,
-            "warmup": warmup,
-            "iterations": iterations,
-            "rounds": rounds,
-            "statistic": f"mean of the fastest {100 - round(100 * TRIM_FRACTION)} % of the samples",
-            "seconds": round(time.perf_counter() - started, 2),
-            "raw": error_summary(raw, measured),
-        }
+        table=table.name,
+        table_device=table.metadata.get("device_name"),
+        clock=used_clock,
+        allocator=stabilize_cpu_allocator() if not device.startswith("cuda") else None,
+        n_subnets=len(configs),
+        seed=seed,
+        warmup=warmup,
+        iterations=iterations,
+        rounds=rounds,
+        statistic=f"mean of the fastest {100 - round(100 * TRIM_FRACTION)} % of the samples",
+        seconds=round(time.perf_counter() - started, 2),
+        raw=error_summary(raw, measured),
     )
     _preemption(report, results, table)
-    if used_clock == "thread_cpu":
-        report["raw_wall"] = error_summary(raw, [summarize_samples(r.wall_ms).mean for r in results])
-    paired_raw: list[float] | None = None
-    if paired_table is not None:
-        paired_raw = [paired_table.predict_raw(cfg) for cfg in configs]
-        report["paired"] = error_summary(paired_raw, measured)
-        report["paired_preempted_fraction"] = paired_table.metadata.get("preempted_fraction")
-    corrected: list[float] | None = None
-    if table.correction is not None:
-        corrected = [table.correction.apply(v) for v in raw]
-        report["corrected"] = error_summary(corrected, measured)
-        report["correction"] = table.correction.to_dict()
-    if fit:
-        try:
-            _add_fit(report, raw, measured, configs, seed=seed, clock=used_clock)
-        except LatencyTableError as exc:
-            report["fit_error"] = str(exc)
-    report["subnets"] = _subnet_rows(
-        configs, results, clock=used_clock, raw=raw, corrected=corrected, paired_raw=paired_raw
-    )
+    _compare(report, table, configs, results, paired_table, raw=raw, measured=measured, fit=fit, seed=seed)
     return report
 
 

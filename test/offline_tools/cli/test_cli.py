@@ -185,6 +185,17 @@ def test_profile_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--resolutions" in capsys.readouterr().out
 
 
+def test_experiments_and_train_are_subcommands(capsys: pytest.CaptureFixture[str]) -> None:
+    for command, option in (("experiments", "--lut-source"), ("train", "--checkpoint-dir")):
+        with pytest.raises(SystemExit) as info:
+            main([command, "--help"])
+        assert info.value.code == 0
+        assert option in capsys.readouterr().out
+    # the parsed options reach offline_tools.experiments.cli.run, which wants --table and --out
+    assert main(["experiments", "--only", "fig6"]) == 2
+    assert "--table and --out are required" in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------------- latency tables
 
 
