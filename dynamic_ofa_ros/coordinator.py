@@ -30,18 +30,31 @@ A measurement is *fresh* when the model has a complete window at its current
 level and no co-runner changed level during that window (``since`` inside
 ``[window_start, window_end]``). Models without a fresh measurement, and locked
 ones (manual or LUT mode), are held at their level this round.
+
+Cost (proof sketch in :func:`plan_group`): a model's prediction is linear in the
+group's total work while its own level stays, so a candidate step is evaluated in
+``O(P)`` for ``P`` models, an iteration of the greedy in at most ``O(P^2)`` (lazily:
+usually a few candidates), and there are at most ``P * (L - 1)`` iterations for
+tables of ``L <= MAX_LEVELS`` levels. A :class:`Coordinator` holds at most
+``max_peers`` peers (default 16), so a flood of statuses with distinct names cannot
+make a plan expensive, and it plans on a snapshot, outside its lock.
 """
 
 from __future__ import annotations
 
 import math
 import operator
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from dynamic_ofa_ros.errors import ConstraintError
 from dynamic_ofa_ros.manager import PRIORITIES, LevelSpec, RuntimeManager, validate_levels
+
+#: Most levels a coordinated model's table may have (the planner's cost grows with it;
+#: tables chosen by ``dofa-levels`` have 3-7).
+MAX_LEVELS = 16
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,6 +71,7 @@ class PeerStatus:
       (``time.monotonic`` on one host); leave them 0.0 to disable the freshness check.
     * ``locked``: the model will not follow a plan (manual level, or LUT mode).
     * ``stamp``: when the status was made (sender's clock; informational).
+    * ``levels``: at most :data:`MAX_LEVELS` levels.
     """
 
     name: str
@@ -87,6 +101,11 @@ class PeerStatus:
             raise ConstraintError(f"{where}: invalid level table ({exc}); ignore this status") from exc
         object.__setattr__(self, "levels", specs)
         n = len(specs)
+        if n > MAX_LEVELS:
+            raise ConstraintError(
+                f"{where}: {n} levels, more than the {MAX_LEVELS} a coordinated model may have "
+                "(they bound the planner's cost); ignore this status, or use a table with fewer levels"
+            )
         level = _as_int(self.level, f"{where}: level")
         previous = _as_int(self.previous_level, f"{where}: previous_level")
         if not 1 <= level <= n or not 0 <= previous <= n:
@@ -164,36 +183,263 @@ def _as_int(value: object, what: str) -> int:
 
 
 _EPS = 1e-9
+#: Relative tolerance under which two candidates' scores count as tied (the first name wins).
+_TIE = 1e-12
 
 
 class _Model:
-    """Planner view of one peer: its table, constraints, measurement and interference estimate."""
+    """Planner view of one model: table, constraints, measurement and interference estimate.
 
-    __slots__ = ("status", "lat", "acc", "n", "lower", "budget", "fresh", "slow", "k", "work_measured")
+    Without a fresh measurement ``slow``, ``k`` and ``work`` are 1, 0, 0 (predicted at
+    its profiled latency), ``weight`` is 0 (its excess does not count) and it is not
+    ``movable``; a fresh model with a budget has ``weight = 1 / budget``.
+    """
 
-    def __init__(self, status: PeerStatus) -> None:
-        self.status = status
+    __slots__ = (
+        "acc",
+        "fresh",
+        "k",
+        "lat",
+        "level",
+        "lower",
+        "movable",
+        "n",
+        "slow",
+        "target",
+        "weight",
+        "work",
+    )
+
+    def __init__(self, status: PeerStatus, down_margin: float) -> None:
         self.lat = tuple(spec.latency_ms for spec in status.levels)
         self.acc = tuple(spec.accuracy for spec in status.levels)
         self.n = len(self.lat)
+        self.level = status.level
         self.lower = 1
         if status.priority == "accuracy":
             floor = next((s.level for s in status.levels if s.accuracy >= status.min_accuracy), self.n)
             self.lower = min(floor, status.level)  # the planner never forces a step up to reach the floor
-        self.budget = status.budget_ms
+        self.target = down_margin * status.budget_ms
+        self.weight = 0.0
         self.fresh = False
+        self.movable = False
         self.slow = 1.0
         self.k = 0.0
-        self.work_measured = 0.0
+        self.work = 0.0
+
+    def predict(self, level: int, total: float) -> float:
+        """Predicted latency at ``level`` when the group's total work is ``total``."""
+        cur = self.lat[level - 1]
+        return cur * (self.slow + self.k * (total - cur - self.work))
+
+    def line(self, level: int) -> tuple[float, float]:
+        """Predicted excess over ``target`` at ``level`` as ``(slope, const)`` of the total work ``W``.
+
+        The prediction ``lat(level) * (slow + k * (W - lat(level) - work))`` is linear
+        in ``W`` while the model's own level stays.
+        """
+        cur = self.lat[level - 1]
+        slope = cur * self.k
+        return slope, cur * self.slow - slope * (cur + self.work) - self.target
 
 
-def _measured_level(peer: PeerStatus, other: PeerStatus) -> int | None:
-    """The level ``other`` ran at during ``peer``'s window, or ``None`` if it changed during it."""
-    if other.since <= peer.window_start:
-        return other.level
-    if other.since >= peer.window_end:
-        return other.previous_level or other.level
-    return None
+def _measured_work(status: PeerStatus, others: Sequence[tuple[PeerStatus, _Model]]) -> float | None:
+    """The co-runners' work during ``status``'s window, or ``None`` if one changed level during it.
+
+    A co-runner ran its level if it took effect before the window, its previous level if
+    it changed after the window (``previous_level``, when known).
+    """
+    work = 0.0
+    start, end = status.window_start, status.window_end
+    for other, model in others:
+        if other is status:
+            continue
+        if other.since <= start:
+            work += model.lat[other.level - 1]
+        elif other.since >= end:
+            work += model.lat[(other.previous_level or other.level) - 1]
+        else:
+            return None
+    return work
+
+
+def _models(ordered: Sequence[PeerStatus], down_margin: float) -> tuple[list[_Model], bool]:
+    """The planner's models (freshness and interference estimate: O(P^2)) and whether one violates."""
+    pairs = [(status, _Model(status, down_margin)) for status in ordered]
+    violated = False
+    for status, model in pairs:
+        if status.window_mean_ms <= 0.0:
+            continue
+        work = _measured_work(status, pairs)
+        if work is None:
+            continue
+        model.fresh = True
+        model.movable = not status.locked
+        model.slow = status.window_mean_ms / model.lat[status.level - 1]
+        model.work = work
+        model.k = max(0.0, model.slow - 1.0) / work if work > 0.0 else 0.0
+        if status.budget_ms > 0.0:
+            model.weight = 1.0 / status.budget_ms
+            violated = violated or status.window_mean_ms > status.budget_ms
+    return [model for _, model in pairs], violated
+
+
+def _best(scores: Sequence[tuple[float, int]]) -> int:
+    """The index of the best ``(score, index)`` (ties within ``_TIE`` to the first); -1 if none."""
+    if not scores:
+        return -1
+    top = max(score for score, _ in scores)
+    threshold = top - (abs(top) * _TIE + _EPS)
+    return next(index for score, index in scores if score >= threshold)
+
+
+def _falls_to_floor(models: Sequence[_Model], counted: Sequence[int]) -> bool:
+    """Whether the step-down loop would lower every movable model to its floor (a shortcut).
+
+    True when, with every movable model at its floor, some excess remains and every
+    single step of a movable model (from any of its levels, the others at their
+    floors) still saves excess. By diminishing returns -- every excess is a convex
+    hinge of a line in the total work, and a model's slope shrinks with its level, so
+    a step saves no more when other models are lower -- each step on the loop's path
+    then saves at least as much, and the loop cannot stop before the floor. One
+    ``O(P * L * P)`` check instead of up to ``P * L`` loop iterations of ``O(P^2)``.
+    """
+    floor = [model.lower if model.movable else model.level for model in models]
+    total = sum(model.lat[level - 1] for model, level in zip(models, floor, strict=True))
+    lines = {i: models[i].line(floor[i]) for i in counted}
+    if sum(models[i].weight * max(0.0, s * total + c) for i, (s, c) in lines.items()) <= 2 * _EPS:
+        return False
+    for j, model in enumerate(models):
+        for level in range(floor[j] + 1, model.level + 1 if model.movable else 0):
+            upper, lower = model.lat[level - 1], model.lat[level - 2]
+            work = total - model.lat[floor[j] - 1] + upper  # the group's work with j at `level`
+            step = lower - upper
+            saved = 0.0
+            for i, (slope, const) in lines.items():
+                gap = slope * work + const
+                if i != j and gap > 0.0:
+                    saved += models[i].weight * (gap - max(0.0, gap + slope * step))
+            if model.weight > 0.0:
+                factor = model.slow + model.k * (work - upper - model.work)
+                own = max(0.0, upper * factor - model.target) - max(0.0, lower * factor - model.target)
+                saved += model.weight * own
+            if saved <= 2 * _EPS:
+                return False
+    return True
+
+
+def _excess_after(
+    model: _Model, j: int, level: int, total: float, violating: Sequence[tuple[int, float, float, float]]
+) -> float:
+    """The group's excess after model ``j`` (at ``level``) steps down one level: ``O(P)``.
+
+    ``violating`` holds ``(i, excess_i, slope_i, weight_i)`` of the models over their
+    target. The step changes only the total work ``W`` (by ``step``), so every other
+    excess moves along its line, and ``j``'s own is that of its line one level down.
+    """
+    step = model.lat[level - 2] - model.lat[level - 1]
+    after = 0.0
+    for i, gap, slope, weight in violating:
+        moved = gap + slope * step
+        if i != j and moved > 0.0:
+            after += weight * moved
+    if model.weight > 0.0:
+        slope, const = model.line(level - 1)
+        after += model.weight * max(0.0, slope * (total + step) + const)
+    return after
+
+
+def _step_down(models: Sequence[_Model], plan: list[int]) -> None:
+    """Lower models one level at a time, most excess saved per accuracy point lost first (in place).
+
+    Model ``i``'s excess is ``max(0, slope_i * W + const_i)`` in the group's total work
+    ``W`` (:meth:`_Model.line`); the loop reduces ``E = sum_i weight_i * excess_i``.
+    A candidate costs ``O(P)`` (:func:`_excess_after`).
+
+    Lazy evaluation: a step of model ``j`` saves no more after other models stepped
+    down (diminishing returns, see :func:`_falls_to_floor`), so the score computed
+    for ``j`` at an earlier iteration bounds its score now. Each iteration evaluates
+    candidates in order of those bounds and stops once no bound can reach the best
+    score found (within the tie tolerance): the same choice as evaluating them all,
+    usually after a few evaluations; at worst all ``P`` (``O(P^2)`` per iteration).
+    A candidate whose step saves nothing never saves anything later and is dropped.
+    """
+    counted = [i for i, model in enumerate(models) if model.weight > 0.0]
+    if _falls_to_floor(models, counted):
+        for i, model in enumerate(models):
+            if model.movable:
+                plan[i] = model.lower
+        return
+    total = sum(model.lat[level - 1] for model, level in zip(models, plan, strict=True))
+    lines = [model.line(level) for model, level in zip(models, plan, strict=True)]
+    candidates = [i for i, model in enumerate(models) if model.movable and plan[i] > model.lower]
+    bound = dict.fromkeys(candidates, math.inf)  # an upper bound of each candidate's score
+    excess = sum(models[i].weight * max(0.0, lines[i][0] * total + lines[i][1]) for i in counted)
+    while candidates and excess > _EPS:
+        violating = [
+            (i, gap, lines[i][0], models[i].weight)
+            for i in counted
+            if (gap := lines[i][0] * total + lines[i][1]) > 0.0
+        ]
+        scores: list[tuple[float, int]] = []
+        after_of: dict[int, float] = {}
+        top = -math.inf
+        for j in sorted(candidates, key=lambda c: -bound[c]):
+            if bound[j] < top - (abs(top) * _TIE + _EPS):
+                break  # neither this candidate nor the rest can reach the best score
+            model, level = models[j], plan[j]
+            after = _excess_after(model, j, level, total, violating)
+            if excess - after <= _EPS:
+                candidates.remove(j)
+                continue
+            bound[j] = (excess - after) / max(model.acc[level - 1] - model.acc[level - 2], 1e-6)
+            top = max(top, bound[j])
+            scores.append((bound[j], j))
+            after_of[j] = after
+        best = _best(sorted(scores, key=lambda entry: entry[1]))
+        if best < 0:
+            return
+        model = models[best]
+        total += model.lat[plan[best] - 2] - model.lat[plan[best] - 1]
+        plan[best] -= 1
+        lines[best] = model.line(plan[best])
+        bound[best] = math.inf  # its next step is a different step: evaluate it afresh
+        if plan[best] <= model.lower:
+            candidates.remove(best)
+        excess = after_of[best]
+
+
+def _step_up(models: Sequence[_Model], plan: list[int], margin: float, budgets: Sequence[float]) -> None:
+    """Raise the one model with the most accuracy per relative latency added, if all stay in margin.
+
+    Raising ``j`` changes only the total work (and ``j``'s own latency), so each
+    candidate's check is ``O(P)`` predictions of ``O(1)``.
+    """
+    total = sum(model.lat[level - 1] for model, level in zip(models, plan, strict=True))
+    before = [model.predict(level, total) for model, level in zip(models, plan, strict=True)]
+    scores: list[tuple[float, int]] = []
+    for j, model in enumerate(models):
+        level = plan[j]
+        if not model.movable or level >= model.n:
+            continue
+        raised = total + model.lat[level] - model.lat[level - 1]
+        added = 0.0
+        fits = True
+        for i, budget in enumerate(budgets):
+            if budget <= 0.0:
+                continue
+            after = models[i].predict(level + 1 if i == j else plan[i], raised)
+            if after > before[i] + _EPS:
+                if after > margin * budget:
+                    fits = False
+                    break
+                added += (after - before[i]) / budget
+        if fits:
+            gained = model.acc[level] - model.acc[level - 1]
+            scores.append(((gained + 1e-6) / max(added, 1e-9), j))
+    best = _best(scores)
+    if best >= 0:
+        plan[best] += 1
 
 
 def plan_group(
@@ -205,6 +451,28 @@ def plan_group(
     own; names must be unique. ``margin`` is the step-up hysteresis (predicted
     latency at most ``margin`` x budget after a step up), ``down_margin`` the
     target of a step down. Deterministic: the result depends only on the statuses.
+
+    Proof sketch of the cost, for ``P`` models with tables of at most ``L`` levels:
+
+    * setup (freshness, interference estimate): ``O(P^2)``;
+    * step down: every iteration lowers one model by one level and none raises one,
+      so there are at most ``sum(level_i - lower_i) <= P * (L - 1)`` iterations. A
+      model's prediction is linear in the group's total work ``W`` while its level
+      stays, and a step changes only ``W`` (and the stepped model's own line), so a
+      candidate's new excess costs ``O(P)`` and an iteration at most ``O(P^2)``:
+      ``O(P^3 * L)`` in all. Diminishing returns (a step saves no more once other
+      models are lower: each excess is a convex hinge of a line in ``W``) make an
+      earlier score an upper bound of the current one, so most iterations evaluate
+      only a few candidates (:func:`_step_down`); and when even the floor leaves
+      excess that every step still reduces, the result (every movable model at its
+      floor) follows from one ``O(P^2 * L)`` check (:func:`_falls_to_floor`);
+    * step up: one ``O(P^2)`` evaluation.
+
+    The choices are those of evaluating every candidate from scratch at every
+    iteration (``O(P^2)`` per candidate, ``O(P^4 * L)`` in all), up to rounding.
+    The loop ends with no predicted excess, or with no model that can step down and
+    reduce it. A :class:`Coordinator` bounds ``P`` by ``max_peers + 1`` and
+    :class:`PeerStatus` bounds ``L`` by :data:`MAX_LEVELS`.
     """
     if not 0.0 < margin <= down_margin <= 1.0:
         raise ConstraintError(f"need 0 < margin ({margin}) <= down_margin ({down_margin}) <= 1")
@@ -212,98 +480,39 @@ def plan_group(
     names = [peer.name for peer in ordered]
     if len(set(names)) != len(names):
         raise ConstraintError(f"duplicate model names in group plan: {names}; give every model a unique name")
-    models = [_Model(peer) for peer in ordered]
-    count = len(models)
+    models, violated = _models(ordered, down_margin)
     plan = [peer.level for peer in ordered]
-
-    for i, model in enumerate(models):
-        peer = model.status
-        if peer.window_mean_ms <= 0.0:
-            continue
-        work = 0.0
-        stale = False
-        for j, other in enumerate(models):
-            if j == i:
-                continue
-            level = _measured_level(peer, other.status)
-            if level is None:
-                stale = True
-                break
-            work += other.lat[level - 1]
-        if stale:
-            continue
-        model.fresh = True
-        model.slow = peer.window_mean_ms / model.lat[peer.level - 1]
-        model.work_measured = work
-        model.k = max(0.0, model.slow - 1.0) / work if work > 0.0 else 0.0
-
-    def predict(i: int, levels: Sequence[int]) -> float:
-        model = models[i]
-        work = sum(models[j].lat[levels[j] - 1] for j in range(count) if j != i)
-        return model.lat[levels[i] - 1] * (model.slow + model.k * (work - model.work_measured))
-
-    def excess(levels: Sequence[int]) -> float:
-        total = 0.0
-        for i, model in enumerate(models):
-            if model.fresh and model.budget > 0.0:
-                total += max(0.0, predict(i, levels) - down_margin * model.budget) / model.budget
-        return total
-
-    movable = [not model.status.locked and model.fresh for model in models]
-    violated = any(
-        model.fresh and model.budget > 0.0 and model.status.window_mean_ms > model.budget for model in models
-    )
     if violated:
-        while True:
-            current = excess(plan)
-            if current <= _EPS:
-                break
-            best = -1
-            best_score = 0.0
-            for i, model in enumerate(models):
-                if not movable[i] or plan[i] <= model.lower:
-                    continue
-                trial = list(plan)
-                trial[i] -= 1
-                saved = current - excess(trial)
-                if saved <= _EPS:
-                    continue
-                lost = max(model.acc[plan[i] - 1] - model.acc[plan[i] - 2], 1e-6)
-                score = saved / lost
-                if score > best_score * (1.0 + 1e-12) + _EPS:
-                    best, best_score = i, score
-            if best < 0:
-                break
-            plan[best] -= 1
+        _step_down(models, plan)
     elif all(model.fresh for model in models):
-        before = [predict(i, plan) for i in range(count)]
-        best = -1
-        best_score = 0.0
-        for i, model in enumerate(models):
-            if not movable[i] or plan[i] >= model.n:
-                continue
-            trial = list(plan)
-            trial[i] += 1
-            added = 0.0
-            fits = True
-            for j, other in enumerate(models):
-                if other.budget <= 0.0:
-                    continue
-                after = predict(j, trial)
-                if after > before[j] + _EPS:
-                    if after > margin * other.budget:
-                        fits = False
-                        break
-                    added += (after - before[j]) / other.budget
-            if not fits:
-                continue
-            gained = model.acc[plan[i]] - model.acc[plan[i] - 1]
-            score = (gained + 1e-6) / max(added, 1e-9)
-            if score > best_score * (1.0 + 1e-12) + _EPS:
-                best, best_score = i, score
-        if best >= 0:
-            plan[best] += 1
+        _step_up(models, plan, margin, [peer.budget_ms for peer in ordered])
     return dict(zip(names, plan, strict=True))
+
+
+@dataclass(frozen=True)
+class PlanInput:
+    """Everything a plan needs, taken under the coordinator's lock (:meth:`Coordinator.snapshot`).
+
+    ``own`` is this model's status, ``peers`` the live peers of its group sorted by
+    name (at most ``max_peers``), ``margin`` / ``down_margin`` as in :func:`plan_group`.
+    """
+
+    own: PeerStatus
+    peers: tuple[PeerStatus, ...]
+    margin: float
+    down_margin: float
+
+
+def compute_plan(snapshot: PlanInput) -> dict[str, int] | None:
+    """The group plan for a snapshot (pure, no lock needed); ``None`` when no peer is live.
+
+    ``None`` means: act alone (the manager's own reactive rule).
+    """
+    if not snapshot.peers:
+        return None
+    return plan_group(
+        [snapshot.own, *snapshot.peers], margin=snapshot.margin, down_margin=snapshot.down_margin
+    )
 
 
 class Coordinator:
@@ -314,6 +523,21 @@ class Coordinator:
     this model is applied only when planned for this many consecutive decisions
     (hysteresis, like the manager's). ``clock`` (seconds) times the receipt of
     statuses, so peers' clocks need not agree for the timeout.
+
+    **Bounded peer set.** At most ``max_peers`` peers are remembered (all groups
+    together). A status from a known peer always refreshes it. A status from a new
+    peer while the set is full first makes room by forgetting the peers not heard
+    from within ``timeout_s``; if none is stale, the status is ignored and counted
+    in :attr:`ignored`. So peers that keep publishing are never displaced by new
+    names (a flood of invented names costs a dictionary look-up per status and
+    at most ``max_peers`` peers in a plan), and a silent peer's slot is reused
+    once it times out. Statuses the caller could not parse or validate are counted
+    with :meth:`count_rejected` (:attr:`rejected`).
+
+    Thread-safe: :meth:`update` (e.g. a subscription callback) and :meth:`decide`
+    (the inference thread) may run concurrently. The lock is held to store a status,
+    take a :meth:`snapshot` and :meth:`apply` a plan, never while planning
+    (:func:`compute_plan` runs on the snapshot).
     """
 
     def __init__(
@@ -325,6 +549,7 @@ class Coordinator:
         margin: float = 0.85,
         down_margin: float = 0.95,
         up_windows: int = 2,
+        max_peers: int = 16,
     ) -> None:
         if not isinstance(self_name, str) or not self_name:
             raise ConstraintError(f"coordinator name {self_name!r} must be a non-empty string")
@@ -338,59 +563,124 @@ class Coordinator:
             raise ConstraintError(f"need 0 < margin ({margin}) <= down_margin ({down_margin}) <= 1")
         if isinstance(up_windows, bool) or not isinstance(up_windows, int) or up_windows < 1:
             raise ConstraintError(f"up_windows={up_windows!r} must be an integer >= 1")
+        if isinstance(max_peers, bool) or not isinstance(max_peers, int) or max_peers < 1:
+            raise ConstraintError(f"max_peers={max_peers!r} must be an integer >= 1")
         self.name = self_name
         self.timeout_s = float(timeout_s)
         self.margin = float(margin)
         self.down_margin = float(down_margin)
         self.up_windows = up_windows
+        self.max_peers = max_peers
         self._clock = clock
+        self._lock = threading.Lock()
         self._peers: dict[str, tuple[float, PeerStatus]] = {}
         self._up_streak = 0
-        self.last_plan: dict[str, int] = {}
+        self._last_plan: dict[str, int] = {}
+        self._rejected = 0
+        self._ignored = 0
+
+    @property
+    def last_plan(self) -> dict[str, int]:
+        """The group plan of the last decision (``{}`` when it had no live peer)."""
+        with self._lock:
+            return dict(self._last_plan)
+
+    @property
+    def rejected(self) -> int:
+        """Statuses refused as invalid (counted by the caller with :meth:`count_rejected`)."""
+        with self._lock:
+            return self._rejected
+
+    @property
+    def ignored(self) -> int:
+        """Statuses of new peers ignored because ``max_peers`` live peers were known."""
+        with self._lock:
+            return self._ignored
+
+    def count_rejected(self) -> None:
+        """Count one status that could not be parsed or validated (see :attr:`rejected`)."""
+        with self._lock:
+            self._rejected += 1
 
     def update(self, peer: PeerStatus) -> bool:
-        """Remember a peer's latest status; returns ``False`` for this model's own status (ignored)."""
+        """Remember a peer's latest status; ``True`` when stored.
+
+        ``False`` for this model's own status, and for a new peer while ``max_peers``
+        live peers are known (counted in :attr:`ignored`; see the class docstring).
+        """
         if peer.name == self.name:
             return False
-        self._peers[peer.name] = (float(self._clock()), peer)
-        return True
+        with self._lock:
+            now = float(self._clock())
+            if peer.name not in self._peers and len(self._peers) >= self.max_peers:
+                self._forget_stale(now)
+                if len(self._peers) >= self.max_peers:
+                    self._ignored += 1
+                    return False
+            self._peers[peer.name] = (now, peer)
+            return True
 
-    def forget_stale(self) -> list[str]:
-        """Drop peers not heard from within ``timeout_s``; returns their names."""
-        limit = float(self._clock()) - self.timeout_s
+    def _forget_stale(self, now: float) -> list[str]:
+        limit = now - self.timeout_s
         gone = sorted(name for name, (seen, _) in self._peers.items() if seen < limit)
         for name in gone:
             del self._peers[name]
         return gone
 
-    def peers(self, group: str | None = None) -> list[PeerStatus]:
-        """Live peers (after :meth:`forget_stale`), sorted by name, optionally of one group."""
-        self.forget_stale()
+    def forget_stale(self) -> list[str]:
+        """Drop peers not heard from within ``timeout_s``; returns their names."""
+        with self._lock:
+            return self._forget_stale(float(self._clock()))
+
+    def _live(self, group: str | None) -> list[PeerStatus]:
+        self._forget_stale(float(self._clock()))
         return [
             status
             for name, (_, status) in sorted(self._peers.items())
             if group is None or status.group == group
         ]
 
+    def peers(self, group: str | None = None) -> list[PeerStatus]:
+        """Live peers (after :meth:`forget_stale`), sorted by name, optionally of one group."""
+        with self._lock:
+            return self._live(group)
+
+    def snapshot(self, own: PeerStatus) -> PlanInput:
+        """What :func:`compute_plan` needs for ``own``'s next window (cheap: O(max_peers))."""
+        with self._lock:
+            peers = tuple(self._live(own.group))
+        return PlanInput(own=own, peers=peers, margin=self.margin, down_margin=self.down_margin)
+
+    def apply(self, snapshot: PlanInput, plan: dict[str, int] | None) -> int | None:
+        """Record ``plan`` (from :func:`compute_plan` on ``snapshot``); return this model's level.
+
+        ``None`` (no plan) means act alone. A planned step up is returned only when it
+        was planned for ``up_windows`` consecutive decisions; until then the current level.
+        """
+        own = snapshot.own
+        with self._lock:
+            if plan is None:
+                self._up_streak = 0
+                self._last_plan = {}
+                return None
+            self._last_plan = dict(plan)
+            target = plan[own.name]
+            if target > own.level:
+                self._up_streak += 1
+                if self._up_streak < self.up_windows:
+                    return own.level
+            self._up_streak = 0
+            return target
+
     def decide(self, own: PeerStatus) -> int | None:
         """This model's level for its next window, or ``None`` when no live peer shares its group.
 
-        ``None`` means: act alone (the manager's own reactive rule).
+        ``None`` means: act alone (the manager's own reactive rule). Equivalent to
+        ``apply(snapshot, compute_plan(snapshot))`` with ``snapshot = self.snapshot(own)``:
+        the plan is computed outside the coordinator's lock.
         """
-        live = self.peers(own.group)
-        if not live:
-            self._up_streak = 0
-            self.last_plan = {}
-            return None
-        plan = plan_group([own, *live], margin=self.margin, down_margin=self.down_margin)
-        self.last_plan = plan
-        target = plan[own.name]
-        if target > own.level:
-            self._up_streak += 1
-            if self._up_streak < self.up_windows:
-                return own.level
-        self._up_streak = 0
-        return target
+        snapshot = self.snapshot(own)
+        return self.apply(snapshot, compute_plan(snapshot))
 
     def attach(
         self,
@@ -413,3 +703,50 @@ class Coordinator:
             return self.decide(own)
 
         manager.set_window_policy(policy)
+
+
+def synthetic_group(models: int, *, violation: float = 1.5, group: str = "bench") -> list[PeerStatus]:
+    """``models`` statuses that each claim to exceed their budget by ``violation`` x (for benchmarks).
+
+    Every model has the same five-level table, runs its top level with a fresh
+    window, and was slowed down by the others' work (``1 + 0.002 / ms`` of it); what a
+    flood of spoofed peers looks like to the planner. Names ``m000``, ``m001``, ...
+    """
+    table = tuple(
+        LevelSpec(level=i + 1, latency_ms=lat, accuracy=acc)
+        for i, (lat, acc) in enumerate(
+            zip((10.0, 14.0, 20.0, 28.0, 40.0), (70.0, 73.0, 76.0, 78.0, 80.0), strict=True)
+        )
+    )
+    top = table[-1].latency_ms
+    mean = top * (1.0 + 0.002 * top * (models - 1))
+    return [
+        PeerStatus(
+            name=f"m{i:03d}",
+            group=group,
+            level=len(table),
+            budget_ms=mean / violation,
+            window_mean_ms=mean,
+            levels=table,
+        )
+        for i in range(models)
+    ]
+
+
+def benchmark_plan(models: int = 17, *, violation: float = 1.5, repeats: int = 100) -> dict[str, float]:
+    """Wall time of :func:`plan_group` on :func:`synthetic_group` in microseconds.
+
+    Returns :func:`dynamic_ofa_ros.timing.summarize` of the times (``p50``, ``min``,
+    ...) plus ``models``, ``violation`` and ``levels_lowered`` (the greedy's steps).
+    """
+    from dynamic_ofa_ros.timing import summarize
+
+    peers = synthetic_group(models, violation=violation)
+    times = []
+    plan: dict[str, int] = {}
+    for _ in range(max(1, repeats)):
+        start = time.perf_counter()
+        plan = plan_group(peers)
+        times.append((time.perf_counter() - start) * 1e6)
+    lowered = sum(peer.level - plan[peer.name] for peer in peers)
+    return {**summarize(times), "models": float(models), "violation": violation, "levels_lowered": lowered}

@@ -6,12 +6,22 @@ current level), i.e. the interference model the coordinator assumes. Time is a f
 
 from __future__ import annotations
 
+import random
+import threading
 from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
 
-from dynamic_ofa_ros.coordinator import Coordinator, PeerStatus, plan_group
+from dynamic_ofa_ros.coordinator import (
+    MAX_LEVELS,
+    Coordinator,
+    PeerStatus,
+    benchmark_plan,
+    compute_plan,
+    plan_group,
+    synthetic_group,
+)
 from dynamic_ofa_ros.errors import ConstraintError, DofaError
 from dynamic_ofa_ros.manager import Decision, LevelSpec, ManagerConfig, RuntimeManager
 
@@ -321,3 +331,233 @@ def test_status_from_manager() -> None:
     manager.set_manual_level(3)
     locked = PeerStatus.from_manager(manager, name="a", group="g")
     assert locked.locked and locked.window_mean_ms == 0.0 and locked.level == 3
+
+
+# ---------------------------------------------------------------- planner = from-scratch greedy
+
+
+def reference_plan(
+    peers: list[PeerStatus], margin: float = 0.85, down_margin: float = 0.95
+) -> dict[str, int]:
+    """The planner's rules evaluated from scratch for every candidate (O(P^4 L): small groups only)."""
+    peers = sorted(peers, key=lambda p: p.name)
+    n = len(peers)
+    lat = [[s.latency_ms for s in p.levels] for p in peers]
+    acc = [[s.accuracy for s in p.levels] for p in peers]
+    fresh, slow, k, measured = [False] * n, [1.0] * n, [0.0] * n, [0.0] * n
+    for i, p in enumerate(peers):
+        if p.window_mean_ms <= 0.0:
+            continue
+        work = 0.0
+        for j, o in enumerate(peers):
+            if j == i:
+                continue
+            if o.since <= p.window_start:
+                work += lat[j][o.level - 1]
+            elif o.since >= p.window_end:
+                work += lat[j][(o.previous_level or o.level) - 1]
+            else:
+                break
+        else:
+            fresh[i], measured[i] = True, work
+            slow[i] = p.window_mean_ms / lat[i][p.level - 1]
+            k[i] = max(0.0, slow[i] - 1.0) / work if work > 0 else 0.0
+    lower = [1] * n
+    for i, p in enumerate(peers):
+        if p.priority == "accuracy":
+            floor = next((s.level for s in p.levels if s.accuracy >= p.min_accuracy), len(p.levels))
+            lower[i] = min(floor, p.level)
+
+    def predict(i: int, levels: list[int]) -> float:
+        work = sum(lat[j][levels[j] - 1] for j in range(n) if j != i)
+        return lat[i][levels[i] - 1] * (slow[i] + k[i] * (work - measured[i]))
+
+    def excess(levels: list[int]) -> float:
+        return sum(
+            max(0.0, predict(i, levels) - down_margin * p.budget_ms) / p.budget_ms
+            for i, p in enumerate(peers)
+            if fresh[i] and p.budget_ms > 0
+        )
+
+    plan = [p.level for p in peers]
+    movable = [fresh[i] and not p.locked for i, p in enumerate(peers)]
+    if any(fresh[i] and 0 < p.budget_ms < p.window_mean_ms for i, p in enumerate(peers)):
+        while (current := excess(plan)) > 1e-9:
+            scores = []
+            for i in range(n):
+                if movable[i] and plan[i] > lower[i]:
+                    saved = current - excess([*plan[:i], plan[i] - 1, *plan[i + 1 :]])
+                    if saved > 1e-9:
+                        scores.append((saved / max(acc[i][plan[i] - 1] - acc[i][plan[i] - 2], 1e-6), i))
+            if not scores:
+                break
+            top = max(s for s, _ in scores)
+            plan[next(i for s, i in scores if s >= top - (abs(top) * 1e-12 + 1e-9))] -= 1
+    elif all(fresh):
+        before = [predict(i, plan) for i in range(n)]
+        scores = []
+        for i in range(n):
+            if not movable[i] or plan[i] >= len(lat[i]):
+                continue
+            trial = [*plan[:i], plan[i] + 1, *plan[i + 1 :]]
+            after = [predict(j, trial) for j in range(n)]
+            rising = [j for j, p in enumerate(peers) if p.budget_ms > 0 and after[j] > before[j] + 1e-9]
+            if all(after[j] <= margin * peers[j].budget_ms for j in rising):
+                added = sum((after[j] - before[j]) / peers[j].budget_ms for j in rising)
+                scores.append(((acc[i][plan[i]] - acc[i][plan[i] - 1] + 1e-6) / max(added, 1e-9), i))
+        if scores:
+            top = max(s for s, _ in scores)
+            plan[next(i for s, i in scores if s >= top - (abs(top) * 1e-12 + 1e-9))] += 1
+    return {p.name: level for p, level in zip(peers, plan, strict=True)}
+
+
+def random_status(rng: random.Random, name: str, *, max_levels: int = 8, violate: bool = False) -> PeerStatus:
+    count = rng.randint(1, max_levels)
+    lats = sorted(rng.sample(range(5, 200), count))
+    accs = sorted(rng.uniform(60.0, 85.0) for _ in range(count))
+    table = tuple(
+        LevelSpec(i + 1, float(lat), acc) for i, (lat, acc) in enumerate(zip(lats, accs, strict=True))
+    )
+    level = rng.randint(1, count)
+    mean = table[level - 1].latency_ms * rng.uniform(1.0, 4.0)
+    budget = mean / rng.uniform(1.01, 3.0) if violate else rng.choice([0.0, mean * rng.uniform(0.4, 2.0)])
+    timing: dict[str, float | int] = {}
+    if rng.random() < 0.3:
+        start = rng.uniform(0.0, 5.0)
+        timing = {"window_start": start, "window_end": start + rng.uniform(0.0, 3.0)}
+        timing |= {"since": rng.uniform(0.0, 10.0), "previous_level": rng.randint(0, count)}
+    return PeerStatus(
+        name=name,
+        group="g",
+        level=level,
+        budget_ms=budget,
+        window_mean_ms=rng.choice([0.0, mean, mean, mean]) if not violate else mean,
+        levels=table,
+        min_accuracy=rng.uniform(0.0, 90.0),
+        priority=rng.choice(["latency", "latency", "accuracy"]),
+        locked=rng.random() < 0.1,
+        **timing,  # type: ignore[arg-type]
+    )
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_plan_equals_the_from_scratch_greedy(seed: int) -> None:
+    rng = random.Random(seed)
+    moved = 0
+    for _ in range(60):
+        peers = [random_status(rng, f"m{i}") for i in range(rng.randint(1, 7))]
+        plan = plan_group(peers)
+        assert plan == reference_plan(peers)
+        moved += any(plan[p.name] != p.level for p in peers)
+    assert moved > 10  # the groups exercise both step down and step up
+
+
+def test_plan_equals_the_from_scratch_greedy_under_heavy_overload() -> None:
+    # every model claims a large violation: the floor shortcut and long step-down runs
+    rng = random.Random(7)
+    for _ in range(30):
+        peers = [random_status(rng, f"m{i}", max_levels=6, violate=True) for i in range(rng.randint(2, 6))]
+        assert plan_group(peers) == reference_plan(peers)
+    for violation in (1.2, 2.0, 100.0):
+        flood = synthetic_group(6, violation=violation)
+        assert plan_group(flood) == reference_plan(flood)
+
+
+def test_plan_for_max_peers_violating_peers_is_valid() -> None:
+    clock = FakeClock()
+    coordinator = Coordinator("own", clock=clock, max_peers=16)
+    rng = random.Random(3)
+    flood = [replace(random_status(rng, f"fake{i:04d}", violate=True), group="cams") for i in range(1000)]
+    for peer in flood:
+        coordinator.update(peer)
+    assert len(coordinator.peers()) == 16 and coordinator.ignored == 1000 - 16
+    own = replace(status("own", 4, 30.0, 45.0), group="cams")
+    level = coordinator.decide(own)
+    plan = coordinator.last_plan
+    members = {p.name: p for p in [own, *coordinator.peers("cams")]}
+    assert set(plan) == set(members) and len(plan) == 17
+    assert level == plan["own"]
+    for name, planned in plan.items():
+        peer = members[name]
+        assert 1 <= planned <= peer.level  # a violation only ever steps models down
+        if peer.locked:
+            assert planned == peer.level
+    assert plan == reference_plan(list(members.values()))
+
+
+def test_plan_levels_a_table_may_have() -> None:
+    table = tuple(LevelSpec(i + 1, 10.0 + i, 50.0 + i) for i in range(MAX_LEVELS + 1))
+    status("a", 1, 30.0, 15.0, table[:MAX_LEVELS])
+    with pytest.raises(ConstraintError, match=f"more than the {MAX_LEVELS}"):
+        status("a", 1, 30.0, 15.0, table)
+
+
+def test_benchmark_plan_reports_times_and_steps() -> None:
+    result = benchmark_plan(5, violation=1.5, repeats=2)
+    assert result["n"] == 2 and result["models"] == 5 and result["levels_lowered"] > 0
+    assert 0 < result["min"] <= result["max"]
+
+
+# ---------------------------------------------------------------- bounded peers, snapshot, counters
+
+
+def test_peer_set_is_bounded_and_reuses_stale_slots() -> None:
+    clock = FakeClock()
+    coordinator = Coordinator("own", clock=clock, timeout_s=2.0, max_peers=3)
+    for name in "abc":
+        assert coordinator.update(status(name, 2, 30.0, 15.0))
+    assert not coordinator.update(status("d", 2, 30.0, 15.0))  # full of live peers: ignored
+    assert coordinator.ignored == 1 and [p.name for p in coordinator.peers()] == ["a", "b", "c"]
+    clock.now += 1.5
+    assert coordinator.update(status("a", 3, 30.0, 15.0))  # a known peer always refreshes
+    assert coordinator.update(status("b", 3, 30.0, 15.0))
+    clock.now += 1.0  # c is stale now, a and b are not
+    assert coordinator.update(status("d", 2, 30.0, 15.0))  # takes c's slot
+    assert [p.name for p in coordinator.peers()] == ["a", "b", "d"] and coordinator.ignored == 1
+    assert not coordinator.update(status("e", 2, 30.0, 15.0))
+    assert coordinator.ignored == 2 and coordinator.rejected == 0
+    coordinator.count_rejected()
+    coordinator.count_rejected()
+    assert coordinator.rejected == 2
+    with pytest.raises(ConstraintError, match="max_peers"):
+        Coordinator("own", max_peers=0)
+
+
+def test_snapshot_plan_apply_is_decide() -> None:
+    clock = FakeClock()
+    one, two = Coordinator("a", clock=clock), Coordinator("a", clock=clock)
+    own = status("a", 2, 100.0, 15.0)
+    assert compute_plan(one.snapshot(own)) is None and one.apply(one.snapshot(own), None) is None
+    for coordinator in (one, two):
+        coordinator.update(status("b", 5, 100.0, 40.0, B))
+        coordinator.update(replace(status("c", 5, 100.0, 40.0, B), group="elsewhere"))
+    snapshot = one.snapshot(own)
+    assert [p.name for p in snapshot.peers] == ["b"] and snapshot.own is own
+    plan = compute_plan(snapshot)
+    assert plan == plan_group([own, *snapshot.peers]) == {"a": 3, "b": 5}
+    for _ in range(2):  # the up_windows hysteresis lives in apply
+        assert one.apply(snapshot, plan) == two.decide(own)
+    assert one.last_plan == two.last_plan == plan
+
+
+def test_updates_and_decisions_from_two_threads() -> None:
+    coordinator = Coordinator("own", max_peers=8)
+    own = status("own", 3, 30.0, 40.0)
+    rng = random.Random(5)
+    fakes = [random_status(rng, f"p{i:03d}", violate=True) for i in range(200)]
+    errors: list[BaseException] = []
+
+    def flood() -> None:
+        try:
+            for peer in fakes * 5:
+                coordinator.update(peer)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=flood)
+    thread.start()
+    decisions = [coordinator.decide(own) for _ in range(200)]
+    thread.join()
+    assert not errors
+    assert all(level is None or 1 <= level <= 3 for level in decisions)
+    assert len(coordinator.peers()) == 8 and coordinator.ignored == 5 * (200 - 8)
