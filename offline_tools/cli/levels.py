@@ -19,7 +19,7 @@ from dynamic_ofa_ros.arch import SubnetConfig
 from dynamic_ofa_ros.errors import ArchitectureError
 from dynamic_ofa_ros.levels import LevelTable, load_level_table, save_level_table
 from dynamic_ofa_ros.supernet import Supernet
-from offline_tools.accuracy import AccuracySource, fit_mlp_predictor, load_accuracy_records
+from offline_tools.accuracy import AccuracySource
 from offline_tools.calibrate import CalibrationResult, calibrate_levels
 from offline_tools.cli.common import (
     UsageError,
@@ -54,6 +54,7 @@ from offline_tools.cli.sources import (
 )
 from offline_tools.latency.table import LatencyTable
 from offline_tools.plot import plot_search
+from offline_tools.predictor_fit import fit_mlp_predictor, load_accuracy_records
 from offline_tools.search import Evaluator, SearchResult, search_family
 
 __all__ = [
