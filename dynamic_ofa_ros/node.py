@@ -31,13 +31,20 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
+from rclpy._rclpy_pybind11 import RCLError
 from rclpy.context import Context
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.logging import get_logger
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos import (
+    DurabilityPolicy,
+    HistoryPolicy,
+    QoSProfile,
+    ReliabilityPolicy,
+    qos_profile_parameters,
+)
 from sensor_msgs.msg import CompressedImage, Image
 
 from dynamic_ofa_ros import labels
@@ -45,6 +52,7 @@ from dynamic_ofa_ros.classifier import DynamicClassifier
 from dynamic_ofa_ros.coordinator import Coordinator
 from dynamic_ofa_ros.engine import LevelEngine
 from dynamic_ofa_ros.errors import ConstraintError, DofaError, ImageError, UnknownLevelError
+from dynamic_ofa_ros.input_watch import InputWatch
 from dynamic_ofa_ros.latest import LatestSlot
 from dynamic_ofa_ros.levels import LevelTable, load_level_table
 from dynamic_ofa_ros.manager import Decision, LevelSpec, RuntimeManager
@@ -56,6 +64,7 @@ from dynamic_ofa_ros.node_parameters import (
     SettingsError,
     budget_value,
     descriptor,
+    dropped_overrides,
     settings_from,
 )
 from dynamic_ofa_ros.paths import config_file, default_level_table
@@ -69,8 +78,9 @@ NODE_NAME = "dynamic_ofa_classifier"
 #: Topic on which the nodes of a coordination group exchange their ManagerStatus.
 COORDINATION_TOPIC = "/dynamic_ofa/coordination"
 _WARN_PERIOD_S = 5.0
-#: publishers on the image topic but no frame for this long: warn about transport (see _check_input)
-_NO_FRAMES_WARN_S = 5.0
+#: Services answer every request of a burst: rclpy's default service QoS keeps only 10, and 189 of
+#: 200 concurrent calls went unanswered with it (issue 15); this is the depth of parameter services.
+_SERVICE_QOS = qos_profile_parameters
 
 
 class StartupError(Exception):
@@ -139,6 +149,9 @@ class ClassifierNode(Node):
         except DofaError as exc:
             self.destroy_node()
             raise StartupError(str(exc)) from None
+        effective = {spec.name: self.get_parameter(spec.name).value for spec in PARAMETERS}
+        for warning in dropped_overrides([*sys.argv, *(cli_args or [])], node_name, effective):
+            self.get_logger().warning(warning)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._setup_ros()
         self._worker = threading.Thread(target=self._work, name=f"{node_name}-inference", daemon=True)
@@ -200,11 +213,20 @@ class ClassifierNode(Node):
             self._coord_sub = self.create_subscription(
                 ManagerStatus, COORDINATION_TOPIC, self._on_peer_status, 10
             )
-        self.create_service(SetConstraints, "~/set_constraints", self._srv_set_constraints)
-        self.create_service(SetLevel, "~/set_level", self._srv_set_level)
-        self.create_service(GetLevels, "~/get_levels", self._srv_get_levels)
+        self.create_service(
+            SetConstraints, "~/set_constraints", self._srv_set_constraints, qos_profile=_SERVICE_QOS
+        )
+        self.create_service(SetLevel, "~/set_level", self._srv_set_level, qos_profile=_SERVICE_QOS)
+        self.create_service(GetLevels, "~/get_levels", self._srv_get_levels, qos_profile=_SERVICE_QOS)
         self._status_timer = self.create_timer(1.0 / s.status_rate, self._on_status_timer)
-        self._no_frames_since: float | None = None
+        self._input_watch = InputWatch(
+            timeout_s=s.input_timeout_s,
+            hint=(
+                "if they publish frames over 512 KiB (640x480 rgb8 and up) with Fast DDS's default "
+                "transports, start the publisher with FASTDDS_DEFAULT_PROFILES_FILE="
+                f"{config_file('fastdds_large_frames.xml')} or set qos_reliability:=reliable"
+            ),
+        )
         self.input_warning = ""
 
     def _compressed_topic(self) -> str:
@@ -278,6 +300,7 @@ class ClassifierNode(Node):
     # ------------------------------------------------------------------------------ frames
 
     def _on_image(self, msg: Image | CompressedImage) -> None:
+        self._input_watch.arrived(time.monotonic())
         self._slot.put(Frame(msg=msg, received_ns=self.get_clock().now().nanoseconds))
 
     def _to_rgb(self, msg: Image | CompressedImage) -> np.ndarray:
@@ -318,6 +341,8 @@ class ClassifierNode(Node):
             except (ImageError, DofaError) as exc:
                 self._frame_error(str(exc))
             except Exception as exc:  # never let one frame kill the node
+                if self._stop.is_set() or not self.context.ok():
+                    return  # shutting down: a frame in flight is neither an error nor a warning
                 self._frame_error(f"unexpected {type(exc).__name__}: {exc}")
 
     def _process(self, frame: Frame) -> None:
@@ -458,32 +483,17 @@ class ClassifierNode(Node):
             self._diagnostics_pub.publish(self.diagnostics())
 
     def _check_input(self) -> None:
-        """Set :attr:`input_warning` when publishers exist but no frame ever arrived.
-
-        The usual cause is transport, not the camera: with Fast DDS's default transports a
-        frame over 512 KiB (640x480 rgb8 and up) leaves the publishing process as UDP fragments,
-        and a best-effort subscriber never got one in our measurements (docs/node.md).
-        """
-        if self._slot.received:
-            self._no_frames_since, self.input_warning = None, ""
-            return
+        """Update :attr:`input_warning`: frames never arrived, or stopped arriving (input_watch)."""
         publishers = sum(self.count_publishers(topic) for topic in self._image_topics)
-        if not publishers:
-            self._no_frames_since, self.input_warning = None, ""
-            return
-        now = time.monotonic()
-        if self._no_frames_since is None:
-            self._no_frames_since = now
-        waited = now - self._no_frames_since
-        if waited < _NO_FRAMES_WARN_S:
-            return
-        self.input_warning = (
-            f"{publishers} publisher(s) on {', '.join(self._image_topics)} but no frame received in "
-            f"{waited:.0f} s; if they publish frames over 512 KiB (640x480 rgb8 and up) with Fast DDS's "
-            f"default transports, start the publisher with FASTDDS_DEFAULT_PROFILES_FILE="
-            f"{config_file('fastdds_large_frames.xml')} or set qos_reliability:=reliable"
+        state = self._input_watch.check(
+            time.monotonic(), publishers=publishers, topics=", ".join(self._image_topics)
         )
-        self.get_logger().warning(self.input_warning, throttle_duration_sec=30.0)
+        self.input_warning = state.warning
+        if state.changed:
+            if state.warning:
+                self.get_logger().warning(state.warning)
+            else:
+                self.get_logger().info(f"frames arrive again on {', '.join(self._image_topics)}")
 
     def diagnostics(self) -> DiagnosticArray:
         """The ``/diagnostics`` message: level, window latency vs budget, drops, errors, peers."""
@@ -564,21 +574,37 @@ def spin(node: Node) -> None:
 
 
 def main(args: list[str] | None = None) -> int:
-    """Entry point of ``classifier_node``: 0 on a clean shutdown, 1 when the node cannot start."""
+    """Entry point of ``classifier_node``: 0 on a clean shutdown, 1 when the node cannot start.
+
+    SIGINT/SIGTERM at any moment -- while the model loads or while frames flow -- end with 0 and
+    no traceback; a bad ``--params-file`` or parameter ends with one FATAL line and 1.
+    """
+    argv = list(sys.argv if args is None else args)
+    logger = get_logger(NODE_NAME)
+    try:
+        context = rclpy.init(args=argv)
+    except RCLError as exc:  # e.g. a missing or unparsable --params-file
+        logger.fatal(f"cannot start: {str(exc).strip()}; check the --ros-args (--params-file, -p)")
+        return 1
+    except KeyboardInterrupt:
+        return 0
     node: ClassifierNode | None = None
     try:
-        with rclpy.init(args=args):
-            try:
-                node = ClassifierNode()
-            except StartupError as exc:
-                get_logger(NODE_NAME).fatal(f"cannot start: {exc}")
-                return 1
-            try:
-                spin(node)
-            finally:
-                node.destroy_node()
+        with context:
+            node = ClassifierNode()
+            spin(node)
+    except StartupError as exc:
+        logger.fatal(f"cannot start: {exc}")
+        return 1
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        if rclpy.ok():
+            raise
+        # a signal shut the context down while the node was being built: a clean stop
+    finally:
+        if node is not None:
+            node.destroy_node()
     return 0
 
 

@@ -19,7 +19,16 @@ from dynamic_ofa_ros.classifier import ClassifierConfig
 from dynamic_ofa_ros.manager import ManagerConfig
 from dynamic_ofa_ros.paths import resolve_device
 
-__all__ = ["PARAMETERS", "ParamSpec", "Settings", "budget_value", "descriptor", "settings_from"]
+__all__ = [
+    "PARAMETERS",
+    "ParamSpec",
+    "Settings",
+    "SettingsError",
+    "budget_value",
+    "descriptor",
+    "dropped_overrides",
+    "settings_from",
+]
 
 _DEVICES = ("auto", "cpu", "cuda")
 RELIABILITIES = ("best_effort", "reliable")
@@ -101,6 +110,12 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec(
         "max_image_pixels", 40_000_000, "larger frames are rejected (counted as errors) before conversion"
     ),
+    ParamSpec(
+        "input_timeout_s",
+        0.0,
+        "after frames have arrived, no frame for this long = stale input, WARN in /diagnostics "
+        "(0 = automatic: 10 frame intervals of the observed rate, 1..30 s)",
+    ),
 )
 
 
@@ -145,6 +160,7 @@ class Settings:
     max_stamp_age_s: float
     max_image_pixels: int
     top_k: int
+    input_timeout_s: float
     manager: ManagerConfig
 
     def classifier_config(self) -> ClassifierConfig:
@@ -208,5 +224,62 @@ def settings_from(values: dict[str, Any]) -> Settings:
         max_stamp_age_s=_within("max_stamp_age_s", float(values["max_stamp_age_s"]), 0.0, 86_400.0),
         max_image_pixels=int(_within("max_image_pixels", values["max_image_pixels"], 1, 10**10)),
         top_k=int(values["top_k"]),
+        input_timeout_s=_within("input_timeout_s", float(values["input_timeout_s"]), 0.0, 86_400.0),
         manager=manager,
     )
+
+
+def _command_line_overrides(argv: list[str], node_name: str) -> list[tuple[str, str]]:
+    """``(name, text)`` of every ``-p``/``--param`` inside ``--ros-args`` meant for this node."""
+    found: list[tuple[str, str]] = []
+    in_ros_args = False
+    items = iter(argv)
+    for item in items:
+        if item == "--ros-args":
+            in_ros_args = True
+        elif item == "--":
+            in_ros_args = False
+        elif in_ros_args and item in ("-p", "--param"):
+            assignment = next(items, "")
+            name, sep, text = assignment.partition(":=")
+            if not sep:
+                continue
+            target, _, short = name.rpartition(":")
+            if target and target.lstrip("/").split("/")[-1] != node_name:
+                continue  # another node's parameter
+            found.append((short, text))
+    return found
+
+
+def _yaml_scalar(text: str) -> object:
+    """The value rcl makes of ``text`` (a YAML scalar)."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def dropped_overrides(argv: list[str], node_name: str, effective: dict[str, Any]) -> list[str]:
+    """Warnings for ``-p name:=value`` overrides that rcl silently dropped.
+
+    With ``--params-file``, rcl drops a ``-p`` whose type differs from the file's value for the
+    same parameter, and the node starts with the file's value and no message (issue 15). This
+    compares each override of a declared parameter with the value in force.
+    """
+    warnings = []
+    for name, text in _command_line_overrides(argv, node_name):
+        if name not in effective:
+            continue
+        wanted, actual = _yaml_scalar(text), effective[name]
+        same = wanted == actual and type(wanted) is type(actual)
+        if isinstance(actual, float) and isinstance(wanted, int) and not isinstance(wanted, bool):
+            same = float(wanted) == actual
+        if not same:
+            warnings.append(
+                f"command-line override -p {name}:={text} was not applied: {name} is {actual!r} "
+                f"({type(actual).__name__}). rcl drops an override whose type differs from the params "
+                f"file's value; give a {type(actual).__name__} (e.g. {actual!r}) or fix the params file"
+            )
+    return warnings

@@ -285,7 +285,7 @@ def test_entry_point_installed(install_prefix: Path, dest: str, name: str, modul
     lines = exe.read_text(encoding="utf-8").splitlines()
     interpreter = Path(lines[0].removeprefix("#!").strip())
     assert interpreter.is_file() and os.access(interpreter, os.X_OK), f"{exe}: bad shebang {lines[0]}"
-    assert f"from {module} import {func}" in lines
+    assert f"from {module} import {func}" in (line.strip() for line in lines)
     if dest == "bin":  # on PATH after `source install/setup.bash`
         assert shutil.which(name) == str(exe)
     source = REPO_ROOT.joinpath(*module.split(".")).with_suffix(".py")
