@@ -423,10 +423,10 @@ class RuntimeManager:
 
         ``None`` clears a constraint: no budget (the most accurate level allowed runs and no
         frame counts as a violation), no accuracy floor. Validates both first and raises
-        :class:`ConstraintError` without changing anything when either is unusable. Takes effect for the very next frame: the
-        level is chosen now (by the LUT, or by the prediction from the latest
-        measurements in ``reactive`` mode), the measurement window restarts and a
-        reaction in progress is abandoned. Returns the decision, with ``unmet``
+        :class:`ConstraintError` without changing anything when either is unusable. Takes
+        effect for the very next frame: the level is chosen now (by the LUT, or by the
+        prediction from the latest measurements in ``reactive`` mode), the measurement window
+        restarts and a reaction in progress is abandoned. Returns the decision, with ``unmet``
         naming a constraint that the chosen level cannot meet.
         """
         budget = None if latency_budget_ms is None else self._check_budget(latency_budget_ms)

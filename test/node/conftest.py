@@ -14,6 +14,7 @@ pytest runs with ``--import-mode=importlib``, so helpers are handed to the tests
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 import time
@@ -170,10 +171,8 @@ class Harness:
     def _run(executor: Any) -> None:
         from rclpy.executors import ExternalShutdownException
 
-        try:
+        with contextlib.suppress(ExternalShutdownException):
             executor.spin()
-        except ExternalShutdownException:
-            pass
 
     def start_node(self, name: str = "classifier", **params: Any) -> Any:
         """Start a ClassifierNode (random weights, the session table, 1 thread) with ``params`` overrides."""
