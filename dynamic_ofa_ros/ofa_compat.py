@@ -129,6 +129,26 @@ def dynamic_op_module() -> types.ModuleType:
     return importlib.import_module("ofa.imagenet_classification.elastic_nn.modules.dynamic_op")
 
 
+def layer_classes() -> types.SimpleNamespace:
+    """OFA's static layer classes, as an extracted sub-network is built from them.
+
+    ``ConvLayer``, ``IdentityLayer``, ``LinearLayer``, ``MBConvLayer``, ``ResidualBlock`` and
+    ``MyGlobalAvgPool2d``: the per-operator latency profiler builds each operator with these
+    (``offline_tools.latency.runners``).
+    """
+    import_ofa()
+    layers = importlib.import_module("ofa.utils.layers")
+    utils = importlib.import_module("ofa.utils")
+    return types.SimpleNamespace(
+        ConvLayer=layers.ConvLayer,
+        IdentityLayer=layers.IdentityLayer,
+        LinearLayer=layers.LinearLayer,
+        MBConvLayer=layers.MBConvLayer,
+        ResidualBlock=layers.ResidualBlock,
+        MyGlobalAvgPool2d=utils.MyGlobalAvgPool2d,
+    )
+
+
 def ofa_zoo_net(net_id: str = SUPERNET_NAME) -> nn.Module:
     """The architecture of ``ofa.model_zoo.ofa_net(net_id)`` without its weights (``pretrained=False``)."""
     zoo = import_ofa()["model_zoo"]

@@ -23,6 +23,7 @@ from typing import Any, Literal, Protocol
 import torch
 from torch import nn
 
+from dynamic_ofa_ros.ofa_compat import layer_classes
 from dynamic_ofa_ros.timing import device_kind, device_name
 from offline_tools.errors import LatencyTableError
 from offline_tools.latency.geometry import MobileNetV3Geometry, OperatorSpec
@@ -159,8 +160,9 @@ class _Logits(nn.Module):
 
 def build_operator(spec: OperatorSpec, geometry: MobileNetV3Geometry) -> nn.Module:
     """The standalone module of ``spec``, built from OFA's layer classes as in an extracted sub-network."""
-    from ofa.utils import MyGlobalAvgPool2d
-    from ofa.utils.layers import ConvLayer, IdentityLayer, LinearLayer, MBConvLayer, ResidualBlock
+    ofa = layer_classes()
+    ConvLayer, MBConvLayer, LinearLayer = ofa.ConvLayer, ofa.MBConvLayer, ofa.LinearLayer
+    ResidualBlock, IdentityLayer = ofa.ResidualBlock, ofa.IdentityLayer
 
     c_in = spec.input_shape[-1]
     c_out = spec.output_shape[-1]
@@ -183,7 +185,7 @@ def build_operator(spec: OperatorSpec, geometry: MobileNetV3Geometry) -> nn.Modu
     elif spec.kind == "Conv_1":
         layer = ConvLayer(c_in, c_out, kernel_size=1, act_func="h_swish")
     elif spec.kind == "AvgPool2D":
-        layer = MyGlobalAvgPool2d(keep_dim=True)
+        layer = ofa.MyGlobalAvgPool2d(keep_dim=True)
     elif spec.kind == "Conv_2":
         layer = ConvLayer(c_in, c_out, kernel_size=1, bias=False, use_bn=False, act_func="h_swish")
     elif spec.kind == "Logits":
