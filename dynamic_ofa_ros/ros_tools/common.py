@@ -24,7 +24,7 @@ from typing import IO, TYPE_CHECKING, Any
 import numpy as np
 
 from dynamic_ofa_ros.paths import PACKAGE
-from dynamic_ofa_ros.timing import atomic_write_text
+from dynamic_ofa_ros.timing import finite_json, json_default, write_json
 
 if TYPE_CHECKING:
     from rclpy.client import Client
@@ -201,7 +201,6 @@ def image_msg(rgb: np.ndarray, *, frame_id: str = "camera") -> Image:
 
 def write_result(result: dict[str, Any], out: Path | None) -> str:
     """``result`` as indented JSON text, also written atomically to ``out`` when given."""
-    text = json.dumps(result, indent=1) + "\n"
     if out is not None:
-        atomic_write_text(out, text)
-    return text
+        return write_json(out, result)
+    return json.dumps(finite_json(result), indent=1, allow_nan=False, default=json_default) + "\n"

@@ -24,7 +24,6 @@ The phases are :mod:`dynamic_ofa_ros.ros_tools.scenario`; the table and the plot
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -41,7 +40,7 @@ from dynamic_ofa_ros.ros_tools.bags import read_image_bag, write_image_bag
 from dynamic_ofa_ros.ros_tools.photos import FRAME_SIZE, load_photos
 from dynamic_ofa_ros.ros_tools.report import Recorder, format_table, plot_timeline
 from dynamic_ofa_ros.ros_tools.scenario import GROUP, NODE_B, Outcome, Scenario
-from dynamic_ofa_ros.timing import atomic_write_text, device_name, json_default
+from dynamic_ofa_ros.timing import device_name, write_json
 
 __all__ = ["main", "run"]
 
@@ -154,7 +153,7 @@ def _finish(
     plot_timeline(recorder, outcome.phases, outcome.budget_steps, n, out, title=title)
     runtime = time.monotonic() - wall_start
     report = _report(args, outcome, recorder, photos_from, runtime)
-    atomic_write_text(json_path, json.dumps(report, indent=1, default=json_default, allow_nan=True) + "\n")
+    write_json(json_path, report)
     print(f"[demo] timeline {out}, numbers {json_path}; finished in {runtime:.0f} s", flush=True)
 
 

@@ -24,9 +24,8 @@ import torch
 from torch import Tensor, nn
 
 from dynamic_ofa_ros.arch import SUPERNET_NAME
-from dynamic_ofa_ros.timing import sha256_file
+from dynamic_ofa_ros.timing import sha256_file, write_json
 from offline_tools.training.config import TrainConfig, TrainSetupError
-from offline_tools.training.context import write_json
 
 __all__ = [
     "CHECKPOINT_FORMAT",

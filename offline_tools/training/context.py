@@ -13,10 +13,9 @@ import torch
 from torch import Tensor, nn
 
 from dynamic_ofa_ros.arch import SearchSpace
-from dynamic_ofa_ros.timing import atomic_write_text
 from offline_tools.training.config import TrainConfig
 
-__all__ = ["Clock", "Context", "RunLog", "write_json"]
+__all__ = ["Clock", "Context", "RunLog"]
 
 
 @dataclass
@@ -64,11 +63,6 @@ class RunLog:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
-
-
-def write_json(path: Path, obj: object) -> None:
-    """``obj`` as indented JSON + newline, written atomically (``timing.atomic_write_text``)."""
-    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=False) + "\n")
 
 
 @dataclass

@@ -19,8 +19,9 @@ from torch import Tensor
 from dynamic_ofa_ros.arch import N_BLOCKS, N_STAGES, SUPERNET_NAME, SearchSpace, SubnetConfig
 from dynamic_ofa_ros.bn import calibrate_bn
 from dynamic_ofa_ros.ofa_compat import set_active
+from dynamic_ofa_ros.timing import write_json
 from offline_tools.training.config import ACCURACY_FILE, ACCURACY_FORMAT, SPLIT_FILE, TrainConfig
-from offline_tools.training.context import Context, write_json
+from offline_tools.training.context import Context
 from offline_tools.training.data import eval_preprocess
 
 __all__ = [

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from dynamic_ofa_ros.arch import SUPERNET_NAME, SearchSpace
 from dynamic_ofa_ros.ofa_compat import set_active
+from dynamic_ofa_ros.timing import write_json
 from offline_tools.training.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -34,7 +35,7 @@ from offline_tools.training.checkpoint import (
     read_checkpoint,
 )
 from offline_tools.training.config import LOG_FILE, METRICS_FILE, SPLIT_FILE, TrainConfig, TrainSetupError
-from offline_tools.training.context import Clock, Context, RunLog, write_json
+from offline_tools.training.context import Clock, Context, RunLog
 from offline_tools.training.data import (
     ImageEntry,
     decode_images,
