@@ -30,6 +30,10 @@ INSTALL_REQUIRES = [
     "pillow",
     "gdown",
     "safetensors>=0.4",
+    # compiled execution backends (dynamic_ofa_ros/backends); onnx: torch.onnx.export needs it
+    "openvino>=2024.0",
+    "onnxruntime>=1.17",
+    "onnx>=1.15",
     "numpy>=1.24",
     "opencv-python-headless>=4.8",
     "PyYAML>=6",
