@@ -8,6 +8,9 @@
   tests inherit it, so parallel runs never cross-talk.
 * Markers ``ros`` (real rclpy + DDS), ``slow``, ``cuda`` (skipped without a GPU, with the reason).
 * ``rclpy_context``: an initialised, isolated rclpy context, shut down afterwards.
+* ``ros_deps``: the environment of the ROS 2 packages that are not on PyPI (``ros2`` CLI,
+  ``launch``, ``vision_msgs``), built once from ``<shared>/ros-deps`` by ``scripts/build-ros-deps``
+  into ``install-deps/``; skipped, with the reason, without those sources.
 
 pytest runs with ``--import-mode=importlib`` (pyproject.toml), so neither the repository root nor
 ``test/`` is put on ``sys.path``: ``import dynamic_ofa_ros`` resolves to the colcon install space
@@ -20,6 +23,8 @@ from __future__ import annotations
 import fcntl
 import os
 import random
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -115,14 +120,52 @@ def repo_root() -> Path:
     return REPO_ROOT
 
 
+def _shared_path() -> Path:
+    env = os.environ.get("DOFA_SHARED", "").strip()
+    return Path(env) if env else REPO_ROOT.parent / "shared"
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     """Shared data (OFA files, datasets): ``$DOFA_SHARED`` or ``<repo>/../shared``."""
-    env = os.environ.get("DOFA_SHARED", "").strip()
-    path = Path(env) if env else REPO_ROOT.parent / "shared"
+    path = _shared_path()
     if not path.is_dir():
         pytest.skip(f"shared data directory {path} not found (set DOFA_SHARED to its location)")
     return path
+
+
+@pytest.fixture(scope="session")
+def ros_deps() -> dict[str, str]:
+    """Environment with ``<shared>/ros-deps`` built and sourced (``ros2``, ``launch``, ``vision_msgs``).
+
+    ``scripts/build-ros-deps`` builds it once into ``install-deps/`` (a stamp makes later calls
+    instant; a lock makes concurrent sessions wait); this returns the current environment with
+    ``install-deps/setup.bash`` sourced on top, for subprocesses. Skipped when the sources are
+    absent (a user's clone has none; a system ROS 2 has these packages anyway).
+    """
+    shared = _shared_path()
+    env = {**os.environ, "DOFA_SHARED": str(shared), "VENV": str(Path(sys.prefix))}
+    proc = subprocess.run(
+        [str(REPO_ROOT / "scripts" / "build-ros-deps")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
+    if proc.returncode == 3:
+        pytest.skip(f"ROS 2 dependency sources absent: {proc.stderr.strip()}")
+    if proc.returncode != 0:
+        pytest.fail(f"scripts/build-ros-deps failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    install = Path(proc.stdout.strip().splitlines()[-1])
+    dump = subprocess.run(
+        ["bash", "-c", 'source "$1/setup.bash" && env -0', "bash", str(install)],
+        env=env,
+        capture_output=True,
+        check=True,
+        timeout=120,
+    )
+    return dict(item.split("=", 1) for item in dump.stdout.decode().split("\0") if "=" in item)
 
 
 @pytest.fixture(scope="session")
