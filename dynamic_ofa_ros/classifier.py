@@ -47,6 +47,8 @@ class ClassifierConfig:
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (resolve ``"auto"`` with
             :func:`dynamic_ofa_ros.paths.resolve_device` first).
         threads: CPU threads; ``None`` = as the table was profiled.
+        backend: ``auto`` (the backend the table was profiled in), ``openvino``,
+            ``onnxruntime`` or ``torch``; see :mod:`dynamic_ofa_ros.backends`.
         max_image_pixels: frames larger than this are refused before any work.
         check_table_device: refuse a table profiled on another device kind. When ``False``
             such a table runs, but only in ``reactive`` mode (its latencies do not apply).
@@ -58,6 +60,7 @@ class ClassifierConfig:
 
     device: str = "cpu"
     threads: int | None = None
+    backend: str = "auto"
     max_image_pixels: int = 40_000_000
     check_table_device: bool = True
     manager: ManagerConfig = field(default_factory=ManagerConfig)
@@ -191,7 +194,9 @@ class DynamicClassifier:
             max_pixels=cfg.max_image_pixels,
             check_device=cfg.check_table_device,
             initial_level=table.levels[-1].level,
+            backend=cfg.backend,
         )
+        warnings.extend(engine.warnings)
         if not engine.meaningful_accuracy:
             warnings.append(
                 f"model {supernet.source!r} has random weights: predictions and accuracies are meaningless"

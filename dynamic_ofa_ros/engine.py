@@ -4,7 +4,13 @@ At start-up each level's sub-network is extracted from the super-network
 (``get_active_subnet``), its pre-calibrated BN statistics from the table are loaded,
 and it is prepared in the device's best execution mode:
 
-* **CPU** — the extracted module in eval mode, run eagerly under
+* **CPU, backend ``openvino`` / ``onnxruntime``** — the extracted module with its BN
+  statistics exported to ONNX once (cached on disk, :mod:`dynamic_ofa_ros.backends.cache`)
+  and compiled at start-up: static shapes, latency hint, ``threads`` intra-op threads,
+  explicit float32 precision. A frame is preprocessed into a NumPy array
+  (``preprocessing``: torch's uint8 kernel when torch is loaded, else the byte-identical
+  NumPy resize of :mod:`dynamic_ofa_ros.resize`) and handed to the compiled level.
+* **CPU, backend ``torch``** — the extracted module in eval mode, run eagerly under
   ``torch.inference_mode``; ``threads`` sets ``torch.set_num_threads`` (process-wide;
   default: the thread count the table was profiled with).
 * **CUDA** — per level a captured CUDA graph of *preprocessing + model + softmax*:
@@ -19,6 +25,11 @@ and it is prepared in the device's best execution mode:
   ``channels_last`` = ``None``) and fp16 only when its probabilities stay within
   0.01 of fp32; ``True``/``False`` force them.
 
+``backend="auto"`` runs the backend the table was profiled in (``profiling.backend``; a
+table without one was profiled in PyTorch), falling back with a warning when that runtime is
+not installed; another backend than the table's is refused (``check_backend``), because the
+table's latencies would not describe it. On CUDA the backend is ``torch``.
+
 ``switch(level)`` validates the number and swaps one reference; it never takes the
 inference lock, so it neither blocks nor is blocked by an in-flight inference. The
 next ``infer`` call uses the new level.
@@ -28,24 +39,41 @@ from __future__ import annotations
 
 import copy
 import gc
+import sys
 import threading
 import time
+import warnings
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from dynamic_ofa_ros.backends import (
+    BackendFallbackWarning,
+    CompiledLevel,
+    CompileOptions,
+    choose_backend,
+)
+from dynamic_ofa_ros.backends.build import compile_table_level
+from dynamic_ofa_ros.backends.cache import ArtefactCache
+from dynamic_ofa_ros.backends.header import cpu_mismatch, table_backend
 from dynamic_ofa_ros.bn import extract_subnet, load_bn_state
-from dynamic_ofa_ros.errors import LevelTableError, ModelSourceError, UnknownLevelError
+from dynamic_ofa_ros.errors import ImageError, LevelTableError, ModelSourceError, UnknownLevelError
 from dynamic_ofa_ros.levels import Level, LevelTable, check_table_supernet
 from dynamic_ofa_ros.preprocess import DEFAULT_MAX_PIXELS, check_rgb, to_input_batch, to_input_tensor
+from dynamic_ofa_ros.resize import to_input_array
 from dynamic_ofa_ros.supernet import Supernet
 
-__all__ = ["InferenceResult", "LevelEngine", "LevelRunner", "topk"]
+__all__ = ["PREPROCESSING", "InferenceResult", "LevelEngine", "LevelRunner", "topk"]
+
+#: How compiled levels preprocess a frame: ``auto`` = torch's uint8 kernel when torch is already
+#: imported (3-4x faster on a 640x480 frame), else NumPy; both give the same bytes.
+PREPROCESSING: tuple[str, ...] = ("auto", "numpy", "torch")
 
 _FP16_PROB_TOLERANCE = 0.01
 
@@ -71,7 +99,9 @@ def topk(probs: np.ndarray, k: int = 5) -> list[tuple[int, float]]:
     return [(int(i), float(probs[i])) for i in idx]
 
 
-def _module_bytes(module: nn.Module) -> int:
+def _module_bytes(module: nn.Module | None) -> int:
+    if module is None:
+        return 0
     total = sum(p.numel() * p.element_size() for p in module.parameters())
     total += sum(b.numel() * b.element_size() for b in module.buffers())
     return int(total)
@@ -79,28 +109,46 @@ def _module_bytes(module: nn.Module) -> int:
 
 @dataclass
 class LevelRunner:
-    """One materialised level: its module and how it runs (``mode``, ``half``, ``channels_last``)."""
+    """One materialised level: its module or compiled model and how it runs.
+
+    ``mode`` is ``"eager"``, ``"cuda_graph"`` (``module`` set) or ``"compiled"`` (``compiled``
+    set, ``module`` ``None``: the PyTorch module is not kept).
+    """
 
     level: Level
-    module: nn.Module
+    module: nn.Module | None
     device: torch.device
-    mode: str  # "eager" or "cuda_graph"
+    mode: str
     half: bool = False
     channels_last: bool = False
     memory_bytes: int = 0
     static_input: torch.Tensor | None = None
     static_output: torch.Tensor | None = None
-    model_graph: Any = None  # torch.cuda.CUDAGraph: static_input -> static_output
-    graphs: dict[tuple[int, int], Any] = field(default_factory=dict)  # image shape -> full graph
-    pool: Any = None
+    model_graph: torch.cuda.CUDAGraph | None = None  # static_input -> static_output
+    graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = field(default_factory=dict)  # image shape -> graph
+    pool: Any = None  # the graphs' memory pool (torch.cuda.graph_pool_handle())
+    backend: str = "torch"
+    backend_version: str = ""
+    compiled: CompiledLevel | None = None
+    onnx: Path | None = None  # the compiled level's ONNX file (cache entry)
+    cache: str = ""  # how the ONNX file was obtained: hit, built, rebuilt: <why>
 
     @property
     def resolution(self) -> int:
         """The level's input size."""
         return self.level.config.resolution
 
+    @property
+    def precision(self) -> str:
+        """The inference precision: ``f32``, or ``f16`` for a CUDA level that runs in half."""
+        if self.compiled is not None:
+            return self.compiled.precision
+        return "f16" if self.half else "f32"
+
     def body(self, x: torch.Tensor) -> torch.Tensor:
         """Model + softmax for a preprocessed float32 batch, in this runner's dtype/layout; float32 probs."""
+        if self.module is None:
+            raise RuntimeError(f"level {self.level.level} runs compiled ({self.backend}); use run_model()")
         if self.half:
             x = x.half()
         if self.channels_last:
@@ -113,11 +161,14 @@ class LevelEngine:
     """All levels of ``table`` ready to run on ``device``; see the module docstring.
 
     Raises :class:`LevelTableError` when the table has no BN statistics, was built for
-    another super-network, or (with ``check_device``) for another device kind;
-    :class:`ModelSourceError` when CUDA is requested but unavailable.
+    another super-network, (with ``check_device``) for another device kind or (with
+    ``check_backend``) for another backend than the one requested; :class:`ModelSourceError`
+    when CUDA is requested but unavailable, or the backend is unknown, not installed or
+    cannot run on the device. ``warnings`` lists what the caller should tell the user
+    (a backend fallback, a table profiled on another CPU model).
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - keyword-only options, each documented in docs/runtime.md
         self,
         supernet: Supernet,
         table: LevelTable,
@@ -133,31 +184,22 @@ class LevelEngine:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         check_device: bool = True,
         initial_level: int | None = None,
+        backend: str = "auto",
+        precision: str = "f32",
+        check_backend: bool = True,
+        preprocessing: str = "auto",
+        cache_dir: str | Path | None = None,
     ) -> None:
-        self.device = torch.device(device)
-        if self.device.type == "cuda":
-            if not torch.cuda.is_available():
-                raise ModelSourceError(
-                    f"device {device!r} requested but CUDA is not available; use device='cpu'"
-                )
-            index: Any = self.device.index  # None for plain "cuda"
-            self.device = torch.device("cuda", torch.cuda.current_device() if index is None else int(index))
-        elif self.device.type != "cpu":
-            raise ModelSourceError(f"device {device!r} is not supported; use 'cpu' or 'cuda'")
+        self.device = _resolve_device(device)
         if self.device.type == "cpu" and half:
             raise ModelSourceError("half=True needs CUDA: fp16 inference on the CPU is slower, not faster")
-        if table.bn is None:
-            raise LevelTableError(
-                f"{table.path or 'level table'}: has no BN statistics (a search family); "
-                "calibrate it with dofa-levels calibrate first"
-            )
-        check_table_supernet(table, supernet)
-        if check_device and table.device.split(":")[0] != self.device.type:
-            raise LevelTableError(
-                f"{table.path or 'level table'}: profiled on {table.device!r} ({table.device_name}), engine "
-                f"runs on {self.device.type!r}: load config/levels/{self.device.type}.json or build one there"
-            )
+        _check_table(table, supernet, self.device.type if check_device else None)
         self.table = table
+        self.backend, self.warnings = self._choose_backend(backend, check_backend)
+        if precision != "f32":
+            raise ModelSourceError(f"precision {precision!r} is not supported; use 'f32'")
+        self.preprocessing = _preprocessing(preprocessing)
+        self._cache = ArtefactCache(cache_dir)
         self.supernet_sha256 = supernet.sha256
         self.meaningful_accuracy = supernet.meaningful_accuracy and table.meaningful_accuracy
         self.max_pixels = int(max_pixels)
@@ -167,21 +209,16 @@ class LevelEngine:
         self._want_channels_last = channels_last
         self._lock = threading.Lock()
         self._images: OrderedDict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
-        self._stream: Any = None
+        self._stream: torch.cuda.Stream | None = None
         self._host_out: torch.Tensor | None = None
         self.threads: int | None = None
         if self.device.type == "cpu":
-            # default: the thread count the table was profiled with, if it was profiled on a CPU
-            wanted = threads
-            if wanted is None and table.device.split(":")[0] == "cpu":
-                wanted = table.profiling.get("threads")
-            if isinstance(wanted, int) and not isinstance(wanted, bool) and wanted > 0:
-                torch.set_num_threads(wanted)
-            self.threads = torch.get_num_threads()
+            self.threads = _cpu_threads(threads, table)
         else:
             self._stream = _new_stream(self.device)
             if threads is not None:
                 torch.set_num_threads(int(threads))
+        self._compile_options = CompileOptions(threads=self.threads or 1, precision="f32")
         self._runners: dict[int, LevelRunner] = {}
         from tqdm import tqdm  # type: ignore[import-untyped]
 
@@ -200,7 +237,53 @@ class LevelEngine:
 
     # ------------------------------------------------------------------------------------ set-up
 
+    def _choose_backend(self, requested: str, check: bool) -> tuple[str, tuple[str, ...]]:
+        """The backend to run and the warnings about it (fallback, another CPU model)."""
+        where = self.table.path or "level table"
+        recorded = table_backend(self.table.profiling)
+        chosen, fallback = choose_backend(requested, table_backend=recorded, device=self.device.type)
+        notes: list[str] = []
+        if fallback:
+            warnings.warn(fallback, BackendFallbackWarning, stacklevel=3)
+            notes.append(fallback)
+        elif check and requested != "auto" and chosen != recorded:
+            raise LevelTableError(
+                f"{where}: profiled with backend {recorded!r}, but backend {chosen!r} was requested: its "
+                f"latencies would not describe {chosen!r}; use backend 'auto' (runs {recorded!r}) or "
+                f"a table profiled with {chosen!r}"
+            )
+        mismatch = cpu_mismatch(self.table.profiling) if self.device.type == "cpu" else None
+        if mismatch:
+            notes.append(
+                f"level table {where}: {mismatch}; its latencies may not hold here (the manager "
+                "measures the real ones in modes auto and reactive)"
+            )
+        return chosen, tuple(notes)
+
+    def _materialise_compiled(self, supernet: Supernet, lv: Level, warmup: int) -> LevelRunner:
+        built = compile_table_level(
+            supernet, self.table, lv, backend=self.backend, options=self._compile_options, cache=self._cache
+        )
+        runner = LevelRunner(
+            level=lv,
+            module=None,
+            device=self.device,
+            mode="compiled",
+            backend=self.backend,
+            backend_version=built.compiled.version,
+            compiled=built.compiled,
+            onnx=built.artefact.model,
+            cache=built.artefact.origin,
+            memory_bytes=built.artefact.model.stat().st_size,
+        )
+        probe = np.zeros((1, 3, runner.resolution, runner.resolution), dtype=np.float32)
+        for _ in range(max(1, warmup)):
+            built.compiled(probe)
+        return runner
+
     def _materialise(self, supernet: Supernet, lv: Level, warmup: int) -> LevelRunner:
+        if self.backend != "torch":
+            return self._materialise_compiled(supernet, lv, warmup)
         assert self.table.bn is not None
         where = f"{self.table.path or 'level table'}: level {lv.level}"
         module = extract_subnet(supernet.net, lv.config)
@@ -215,6 +298,7 @@ class LevelEngine:
                 device=self.device,
                 mode="eager",
                 channels_last=bool(self._want_channels_last),
+                backend_version=torch.__version__,
             )
             if runner.channels_last:
                 runner.module = module.to(memory_format=torch.channels_last)
@@ -232,7 +316,9 @@ class LevelEngine:
             1, 3, r, r, device=self.device, generator=torch.Generator(self.device).manual_seed(0)
         )
         if not self.cuda_graphs:
-            runner = LevelRunner(level=lv, module=module, device=self.device, mode="eager")
+            runner = LevelRunner(
+                level=lv, module=module, device=self.device, mode="eager", backend_version=torch.__version__
+            )
             self._choose_variant_eager(runner, probe)
             runner.memory_bytes = _module_bytes(runner.module)
             return runner
@@ -248,19 +334,30 @@ class LevelEngine:
                     variant = variant.half()
                 if cl:
                     variant = variant.to(memory_format=torch.channels_last)
-                cand = LevelRunner(level=lv, module=variant, device=self.device, mode="cuda_graph", half=half)
+                cand = LevelRunner(
+                    level=lv,
+                    module=variant,
+                    device=self.device,
+                    mode="cuda_graph",
+                    half=half,
+                    backend_version=torch.__version__,
+                )
                 cand.channels_last = cl
                 self._capture_model(cand, warmup)
                 assert cand.static_input is not None and cand.static_output is not None
+                assert cand.model_graph is not None
                 cand.static_input.copy_(probe)
                 cand.model_graph.replay()
                 torch.cuda.synchronize(self.device)
                 probs = cand.static_output.clone()
                 if reference is None and not half:
                     reference = probs
-                if half and reference is not None:
-                    if float((probs - reference).abs().max()) > _FP16_PROB_TOLERANCE:
-                        continue  # fp16 changes the answer too much for this level
+                if (
+                    half
+                    and reference is not None
+                    and float((probs - reference).abs().max()) > _FP16_PROB_TOLERANCE
+                ):
+                    continue  # fp16 changes the answer too much for this level
                 ms = _time_replay(cand.model_graph, self.device)
                 if len(halves) * len(layouts) == 1 or ms < best_ms:
                     best, best_ms = cand, ms
@@ -274,6 +371,7 @@ class LevelEngine:
     def _choose_variant_eager(self, runner: LevelRunner, probe: torch.Tensor) -> None:
         runner.half = bool(self._want_half)
         runner.channels_last = bool(self._want_channels_last)
+        assert runner.module is not None
         if runner.half:
             runner.module = runner.module.half()
         if runner.channels_last:
@@ -281,7 +379,7 @@ class LevelEngine:
         with torch.inference_mode():
             runner.body(probe)
 
-    def _capture(self, runner: LevelRunner, fn: Any, warmup: int) -> Any:
+    def _capture(self, runner: LevelRunner, fn: Callable[[], None], warmup: int) -> torch.cuda.CUDAGraph:
         """Warm ``fn`` up on a side stream, then capture it into a CUDA graph in the runner's pool."""
         side = _new_stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
@@ -333,7 +431,7 @@ class LevelEngine:
         self._images[shape] = (host, dev)
         return host, dev
 
-    def _full_pipeline(self, runner: LevelRunner, image: torch.Tensor) -> Any:
+    def _full_pipeline(self, runner: LevelRunner, image: torch.Tensor) -> Callable[[], None]:
         """The captured function: device uint8 ``image`` -> preprocessing -> model -> static output."""
         static_in, static_out = runner.static_input, runner.static_output
         assert static_in is not None and static_out is not None
@@ -364,11 +462,27 @@ class LevelEngine:
 
     @property
     def execution(self) -> dict[int, dict[str, Any]]:
-        """Per level: ``{"mode", "half", "channels_last", "resolution"}`` as chosen at start-up."""
-        return {
-            n: {"mode": r.mode, "half": r.half, "channels_last": r.channels_last, "resolution": r.resolution}
-            for n, r in self._runners.items()
-        }
+        """Per level, as chosen at start-up: mode, half, channels_last, resolution, backend, precision...
+
+        ``mode`` is ``eager``, ``cuda_graph`` or ``compiled``; ``backend``, ``backend_version``
+        and ``precision`` say what runs it; compiled levels add ``threads``, ``cache`` (``hit``,
+        ``built`` or ``rebuilt: <why>``) and ``preprocessing``.
+        """
+        result: dict[int, dict[str, Any]] = {}
+        for n, r in self._runners.items():
+            info: dict[str, Any] = {
+                "mode": r.mode,
+                "half": r.half,
+                "channels_last": r.channels_last,
+                "resolution": r.resolution,
+                "backend": r.backend,
+                "backend_version": r.backend_version,
+                "precision": r.precision,
+            }
+            if r.compiled is not None:
+                info.update(threads=r.compiled.threads, cache=r.cache, preprocessing=self.preprocessing)
+            result[n] = info
+        return result
 
     def runner(self, level: int) -> LevelRunner:
         """The materialised level ``level`` (for benchmarks and evaluation)."""
@@ -400,6 +514,9 @@ class LevelEngine:
         start = time.perf_counter()
         runner = self._current if level is None else self._runner(level)
         check_rgb(rgb, max_pixels=self.max_pixels)
+        if runner.compiled is not None:
+            probs = runner.compiled(self.input_array(rgb, runner.resolution))
+            return InferenceResult(runner.level.level, probs, (time.perf_counter() - start) * 1000.0)
         if self.device.type == "cpu":
             with torch.inference_mode():
                 x = to_input_tensor(rgb, resolution=runner.resolution)
@@ -442,15 +559,43 @@ class LevelEngine:
             host_out = self._host_out
             assert host_out is not None and host_out.shape == runner.static_output.shape
             host_out.copy_(runner.static_output, non_blocking=True)
+            assert self._stream is not None
             self._stream.synchronize()
             probs = host_out[0].numpy().copy()
         return InferenceResult(runner.level.level, probs, (time.perf_counter() - start) * 1000.0)
 
+    def input_array(self, rgb: np.ndarray | torch.Tensor, resolution: int) -> np.ndarray:
+        """The (1, 3, r, r) float32 model input of a compiled level (``preprocessing``; no checks)."""
+        if self.preprocessing == "torch":
+            with torch.inference_mode():
+                return to_input_tensor(rgb, resolution=resolution).numpy()
+        image = rgb.cpu().numpy() if isinstance(rgb, torch.Tensor) else rgb
+        return to_input_array(image, resolution=resolution)
+
+    def run_model(self, x: np.ndarray, *, level: int | None = None) -> np.ndarray:
+        """Probabilities ``(n_classes,)`` of one preprocessed (1, 3, r, r) float32 input: the model alone."""
+        runner = self._current if level is None else self._runner(level)
+        if runner.compiled is not None:
+            return runner.compiled(x)
+        with torch.inference_mode():
+            probs = runner.body(torch.from_numpy(x).to(self.device))
+            return probs[0].float().cpu().numpy()
+
     def infer_batch(
         self, images: Sequence[np.ndarray] | np.ndarray, *, level: int | None = None
     ) -> np.ndarray:
-        """Class probabilities (N, classes) of RGB uint8 images, eager (evaluation); same preprocessing."""
+        """Class probabilities (N, classes) of RGB uint8 images (evaluation); same preprocessing as infer.
+
+        Eager PyTorch runs the batch at once; a compiled level (static batch 1) runs image by image.
+        """
         runner = self._current if level is None else self._runner(level)
+        if runner.compiled is not None:
+            compiled = runner.compiled
+            if len(images) == 0:
+                raise ImageError("the batch is empty")
+            for image in images:
+                check_rgb(image, max_pixels=self.max_pixels)
+            return np.stack([compiled(self.input_array(image, runner.resolution)) for image in images])
         with torch.inference_mode():
             x = to_input_batch(images, resolution=runner.resolution, device=self.device)
             probs = runner.body(x)
@@ -461,12 +606,60 @@ class LevelEngine:
         return topk(probs, k)
 
 
-def _new_stream(device: torch.device) -> Any:
-    factory: Any = torch.cuda.Stream
-    return factory(device)
+def _resolve_device(device: str | torch.device) -> torch.device:
+    """``cpu`` or ``cuda:N`` (the current device for plain ``cuda``); ModelSourceError otherwise."""
+    resolved = torch.device(device)
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelSourceError(f"device {device!r} requested but CUDA is not available; use device='cpu'")
+        index = resolved.index  # None for plain "cuda"
+        return torch.device("cuda", torch.cuda.current_device() if index is None else int(index))
+    if resolved.type != "cpu":
+        raise ModelSourceError(f"device {device!r} is not supported; use 'cpu' or 'cuda'")
+    return resolved
 
 
-def _time_replay(graph: Any, device: torch.device, iterations: int = 20) -> float:
+def _check_table(table: LevelTable, supernet: Supernet, device_kind: str | None) -> None:
+    """BN statistics present, built for ``supernet``, and (unless ``None``) for ``device_kind``."""
+    if table.bn is None:
+        raise LevelTableError(
+            f"{table.path or 'level table'}: has no BN statistics (a search family); "
+            "calibrate it with dofa-levels calibrate first"
+        )
+    check_table_supernet(table, supernet)
+    if device_kind is not None and table.device.split(":")[0] != device_kind:
+        raise LevelTableError(
+            f"{table.path or 'level table'}: profiled on {table.device!r} ({table.device_name}), engine "
+            f"runs on {device_kind!r}: load config/levels/{device_kind}.json or build one there"
+        )
+
+
+def _preprocessing(requested: str) -> str:
+    """``torch`` or ``numpy``: ``auto`` = torch's kernel when torch is already imported (same bytes)."""
+    if requested not in PREPROCESSING:
+        raise ModelSourceError(f"preprocessing {requested!r} is not one of {', '.join(PREPROCESSING)}")
+    if requested == "auto":
+        return "torch" if "torch" in sys.modules else "numpy"
+    return requested
+
+
+def _cpu_threads(threads: int | None, table: LevelTable) -> int:
+    """Set torch's threads: ``threads``, else the table's ``profiling.threads`` (CPU tables); return them."""
+    wanted: object = threads
+    if wanted is None and table.device.split(":")[0] == "cpu":
+        wanted = table.profiling.get("threads")
+    if isinstance(wanted, int) and not isinstance(wanted, bool) and wanted > 0:
+        torch.set_num_threads(wanted)
+    return torch.get_num_threads()
+
+
+def _new_stream(device: torch.device) -> torch.cuda.Stream:
+    factory: Any = torch.cuda.Stream  # its constructor is untyped
+    stream: torch.cuda.Stream = factory(device)
+    return stream
+
+
+def _time_replay(graph: torch.cuda.CUDAGraph, device: torch.device, iterations: int = 20) -> float:
     """Median milliseconds of ``graph.replay()`` + synchronise."""
     times = []
     for _ in range(iterations):

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from dynamic_ofa_ros.arch import N_BLOCKS, N_STAGES, SearchSpace, SubnetConfig
+from dynamic_ofa_ros.backends.header import check_profiling
 from dynamic_ofa_ros.errors import ArchitectureError, LevelTableError, UnknownLevelError
 from dynamic_ofa_ros.timing import atomic_write_bytes, atomic_write_text, sha256_bytes
 
@@ -328,6 +329,9 @@ def _parse_header(data: object, file: str) -> dict[str, Any]:
     for key in ("profiling", "supernet", "calibration"):
         if not isinstance(data.get(key), dict):
             raise _fail(f"{file}: {key}", f"must be an object, got {type(data.get(key)).__name__}")
+    problem = check_profiling(data["profiling"])  # backend fields; absent in tables profiled in torch
+    if problem is not None:
+        raise _fail(f"{file}: profiling", problem)
     _check_supernet_identity(data["supernet"], file)
     _check_bn_reference(data.get("bn_file"), data.get("bn_sha256"), file)
     levels = data.get("levels")

@@ -15,6 +15,7 @@ from typing import Any
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.parameter import Parameter
 
+from dynamic_ofa_ros.backends import BACKENDS
 from dynamic_ofa_ros.classifier import ClassifierConfig
 from dynamic_ofa_ros.manager import ManagerConfig
 from dynamic_ofa_ros.paths import resolve_device
@@ -90,6 +91,12 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         "down_margin", 0.95, "on a violation, go to the best level predicted within down_margin x budget"
     ),
     ParamSpec("threads", 0, "CPU threads for inference (0 = as the level table was profiled)"),
+    ParamSpec(
+        "backend",
+        "auto",
+        "execution backend on the CPU: auto (the one the level table was profiled in) | openvino | "
+        "onnxruntime | torch; another backend than the table's is refused",
+    ),
     ParamSpec("top_k", 5, "number of classes in top_ids/top_scores (>= 1)", read_only=False),
     ParamSpec("qos_reliability", "best_effort", "image subscription reliability: best_effort | reliable"),
     ParamSpec("qos_depth", 1, "image subscription history depth (keep last), 1..100"),
@@ -162,12 +169,14 @@ class Settings:
     top_k: int
     input_timeout_s: float
     manager: ManagerConfig
+    backend: str = "auto"
 
     def classifier_config(self) -> ClassifierConfig:
         """The core's configuration for these settings."""
         return ClassifierConfig(
             device=self.device,
             threads=self.threads or None,
+            backend=self.backend,
             max_image_pixels=self.max_image_pixels,
             check_table_device=self.check_table_device,
             manager=self.manager,
@@ -226,6 +235,7 @@ def settings_from(values: dict[str, Any]) -> Settings:
         top_k=int(values["top_k"]),
         input_timeout_s=_within("input_timeout_s", float(values["input_timeout_s"]), 0.0, 86_400.0),
         manager=manager,
+        backend=_choice("backend", values["backend"], ("auto", *BACKENDS)),
     )
 
 

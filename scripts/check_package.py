@@ -67,6 +67,8 @@ KNOWN_IMPORTS: dict[str, tuple[str | None, str | None]] = {
     "matplotlib": ("python3-matplotlib", "matplotlib"),
     "ofa": (None, "ofa"),
     "safetensors": (None, "safetensors"),
+    "openvino": (None, "openvino"),
+    "onnxruntime": ("python3-onnxruntime-pip", "onnxruntime"),
     "gdown": (None, "gdown"),
     "rosbags": (None, "rosbags"),
     "skimage": (None, "scikit-image"),
@@ -87,6 +89,8 @@ KNOWN_IMPORTS: dict[str, tuple[str | None, str | None]] = {
 NOT_IMPORTED: dict[str, str] = {
     # needed by `ofa`, which does not declare it
     "gdown": "ofa.model_zoo imports it; ofa_compat probes it with importlib and installs a stand-in",
+    # needed by torch, which does not declare it
+    "onnx": "torch.onnx.export (dynamic_ofa_ros/backends/export.py) imports it to write the file",
     # ROS run time, loaded by rclpy / the ros2 command rather than imported
     "rosidl-default-runtime": "type support of the generated msg/srv (package.xml key)",
     "ros-rosidl-default-runtime": "type support of the generated msg/srv (PyPI wheel)",
