@@ -14,7 +14,6 @@ paper (Fig. 2, "runtime").
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -55,6 +54,8 @@ class ClassifierConfig:
         manager: the runtime manager's settings (mode, window, margins).
         coordination_group: non-empty = coordinate with the peers of this group.
         coordination_timeout_s: a peer not heard from for this long is forgotten.
+        coordination_max_peers: at most this many peers are remembered and planned with; statuses
+            of further new peers are ignored and counted (a flood of invented names costs nothing).
         top_k: default number of classes in :attr:`Classification.top`.
     """
 
@@ -66,6 +67,7 @@ class ClassifierConfig:
     manager: ManagerConfig = field(default_factory=ManagerConfig)
     coordination_group: str = ""
     coordination_timeout_s: float = 2.0
+    coordination_max_peers: int = 16
     top_k: int = 5
 
 
@@ -144,7 +146,6 @@ class DynamicClassifier:
         self._top_k = top_k
         self._coordinator = coordinator
         self._publish = publish
-        self._coord_lock = threading.Lock()
         self._manager = RuntimeManager(specs, manager_config, clock=clock, on_switch=on_switch)
         self._accuracy = {spec.level: spec.accuracy for spec in specs}
         if coordinator is not None:
@@ -210,6 +211,7 @@ class DynamicClassifier:
                 margin=manager_config.up_margin,
                 down_margin=manager_config.down_margin,
                 up_windows=manager_config.up_windows,
+                max_peers=cfg.coordination_max_peers,
             )
         classifier = cls(
             engine,
@@ -346,8 +348,18 @@ class DynamicClassifier:
         """Hand over a peer's status; ``False`` when it is ignored (own status, or alone)."""
         if self._coordinator is None or peer.group != self._group:
             return False
-        with self._coord_lock:
-            return self._coordinator.update(peer)
+        return self._coordinator.update(peer)
+
+    def reject_peer(self) -> None:
+        """Count a peer status the front end could not parse or validate (see :meth:`peer_counts`)."""
+        if self._coordinator is not None:
+            self._coordinator.count_rejected()
+
+    def peer_counts(self) -> tuple[int, int]:
+        """``(ignored, rejected)`` peer statuses: beyond ``max_peers``, and invalid ones."""
+        if self._coordinator is None:
+            return 0, 0
+        return self._coordinator.ignored, self._coordinator.rejected
 
     def peer_status(self, *, stamp: float | None = None) -> PeerStatus:
         """This model's status as its peers need it (window measured at the current level)."""
@@ -357,8 +369,7 @@ class DynamicClassifier:
         """Names of the live peers of this model's group."""
         if self._coordinator is None:
             return []
-        with self._coord_lock:
-            return [peer.name for peer in self._coordinator.peers(self._group)]
+        return [peer.name for peer in self._coordinator.peers(self._group)]
 
     def _coordination_policy(self, manager: RuntimeManager) -> int | None:
         """Window policy: the coordinator's plan when peers are alive, else the manager's own rule."""
@@ -368,8 +379,9 @@ class DynamicClassifier:
         own = PeerStatus.from_manager(manager, name=self._name, group=self._group)
         if self._publish is not None:
             self._publish(own)
-        with self._coord_lock:
-            return coordinator.decide(own)
+        # The coordinator's lock is held only to snapshot the peers; the plan itself runs on the
+        # snapshot, bounded by max_peers (<= 1 ms for 16 peers, docs/manager.md).
+        return coordinator.decide(own)
 
     @staticmethod
     def _check_top_k(value: object) -> None:

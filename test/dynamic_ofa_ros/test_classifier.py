@@ -191,5 +191,23 @@ def test_coordination_input(rand: Supernet, table: LevelTable) -> None:
     assert clf.peer_names() == ["/b"]
     clock.t += 10.0  # past the timeout: forgotten
     assert clf.peer_names() == []
-    alone = make(next(iter([clf.engine])), clock)
+    alone = make(clf.engine, clock)
     assert alone.update_peer(peer) is False and alone.peer_names() == []
+    assert alone.peer_counts() == (0, 0)
+
+
+def test_peer_flood_is_bounded_and_counted(rand: Supernet, table: LevelTable) -> None:
+    clock = FakeClock()
+    clf = DynamicClassifier.from_table(
+        rand,
+        table,
+        ClassifierConfig(threads=1, coordination_group="arm", coordination_max_peers=4),
+        name="/a",
+        levels=SPECS,
+        clock=clock,
+    )
+    own = clf.peer_status()
+    stored = [clf.update_peer(dataclasses.replace(own, name=f"/fake{i}")) for i in range(100)]
+    assert stored.count(True) == 4 and len(clf.peer_names()) == 4
+    clf.reject_peer()
+    assert clf.peer_counts() == (96, 1)
