@@ -3,9 +3,9 @@
 #   make demo     set up .venv + colcon build (idempotent), then run the demo
 #   make test     set up + build, lint, package check, full pytest suite against the install space
 #
-# Other targets: venv build lint check-package pytest bench shell clean distclean help.
+# Other targets: venv build lint check-package pytest bench soak shell clean distclean help.
 # Variables: VENV (default .venv), PYTHON (python3.11), PYTEST_ARGS, DEMO_ARGS, BENCH_ARGS,
-# NODE_BENCH_ARGS.
+# NODE_BENCH_ARGS, SOAK_ARGS.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -33,7 +33,7 @@ BUILD_INPUTS := Makefile package.xml CMakeLists.txt scripts/entry_point.in \
 	$(wildcard msg/*.msg srv/*.srv) \
 	$(shell find dynamic_ofa_ros offline_tools launch config -type d -not -name __pycache__ 2>/dev/null)
 
-.PHONY: help venv setup build lint check-package pytest test demo bench shell clean distclean
+.PHONY: help venv setup build lint check-package pytest test demo bench soak shell clean distclean
 
 help:
 	@sed -n '2,9p' Makefile | sed 's/^# \{0,1\}//'
@@ -93,6 +93,12 @@ demo: build
 bench: build
 	$(ROS_ENV) dofa-bench --device cpu $(BENCH_ARGS)
 	$(ROS_ENV) python -m dynamic_ofa_ros.ros_tools.node_bench --device cpu $(NODE_BENCH_ARGS)
+
+# Not in CI: minutes of hostile input against the installed node (issue 15), JSON with rates,
+# service latencies and RSS over time.
+SOAK_ARGS ?=
+soak: build
+	$(ROS_ENV) python -m dynamic_ofa_ros.ros_tools.soak --out docs/results/soak-cpu.json $(SOAK_ARGS)
 
 # An interactive shell in the ROS environment (venv + install/setup.bash).
 shell: build
