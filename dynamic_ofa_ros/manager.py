@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from dynamic_ofa_ros.errors import ConstraintError, LevelTableError, UnknownLevelError
+from dynamic_ofa_ros.window import WindowSummary, estimate, percentile_sorted, window_statistic
 
 MODES = ("auto", "lut", "reactive")
 PRIORITIES = ("latency", "accuracy")
@@ -233,31 +234,6 @@ class Decision:
     mode: str
     unmet: str
     reason: str
-
-
-@dataclass(frozen=True)
-class WindowSummary:
-    """Statistics of one completed window (``frames`` measurements, all at ``level``).
-
-    ``slowdown`` is the window statistic of the inference time over the level's
-    profiled latency, ``overhead_ms`` the part of the end-to-end statistic that
-    does not scale with the model (preprocessing, queueing); the prediction for
-    level ``L`` is ``latency_ms(L) * slowdown + overhead_ms``. ``start``/``end``
-    are clock times (seconds): when the first frame started and when the last
-    one was observed. ``first_frame`` is the 0-based index of the first frame.
-    """
-
-    level: int
-    frames: int
-    first_frame: int
-    mean_ms: float
-    p95_ms: float
-    statistic_ms: float
-    violated: bool
-    slowdown: float
-    overhead_ms: float
-    start: float
-    end: float
 
 
 @dataclass(frozen=True)
@@ -542,7 +518,7 @@ class RuntimeManager:
         with self._lock:
             recent = sorted(self._recent)
             mean = sum(recent) / len(recent) if recent else 0.0
-            p95 = _percentile_sorted(recent, 0.95) if recent else 0.0
+            p95 = percentile_sorted(recent, 0.95) if recent else 0.0
             last = self._last_window
             slowdown = last.mean_ms / self._lat[last.level - 1] if last is not None else 0.0
             return ManagerState(
@@ -681,13 +657,13 @@ class RuntimeManager:
         profiled = self._lat[level - 1]
         mean = sum(lat) / n
         lat_sorted = sorted(lat)
-        p95 = _percentile_sorted(lat_sorted, 0.95)
+        p95 = percentile_sorted(lat_sorted, 0.95)
         statistic = p95 if self._use_p95 else mean
-        slow, over = _estimate(statistic, inf, profiled, self._use_p95)
+        slow, over = estimate(statistic, inf, profiled, self._use_p95)
         half = (n + 1) // 2
         recent_lat = lat[n - half :]
-        recent_stat = _statistic(recent_lat, self._use_p95)
-        slow_recent, over_recent = _estimate(recent_stat, inf[n - half :], profiled, self._use_p95)
+        recent_stat = window_statistic(recent_lat, self._use_p95)
+        slow_recent, over_recent = estimate(recent_stat, inf[n - half :], profiled, self._use_p95)
         self._est = (slow, over, slow_recent, over_recent)
         budget = self._budget
         violated = budget is not None and statistic > budget
@@ -789,28 +765,3 @@ def _check_accuracy(value: object) -> float:
             f"min_accuracy {accuracy} is outside [0, 100]; give a top-1 percentage (0 = no accuracy floor)"
         )
     return accuracy
-
-
-def _percentile_sorted(values: Sequence[float], q: float) -> float:
-    """Linear-interpolation percentile (numpy's default) of already sorted values."""
-    n = len(values)
-    if n == 1:
-        return values[0]
-    position = q * (n - 1)
-    low = int(position)
-    high = min(low + 1, n - 1)
-    return values[low] + (values[high] - values[low]) * (position - low)
-
-
-def _statistic(values: Sequence[float], use_p95: bool) -> float:
-    if use_p95:
-        return _percentile_sorted(sorted(values), 0.95)
-    return sum(values) / len(values)
-
-
-def _estimate(
-    statistic: float, inference: Sequence[float], profiled: float, use_p95: bool
-) -> tuple[float, float]:
-    """(slow-down, overhead ms) such that ``profiled * slowdown + overhead`` equals ``statistic``."""
-    slow = _statistic(inference, use_p95) / profiled
-    return slow, max(0.0, statistic - profiled * slow)

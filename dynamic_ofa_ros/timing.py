@@ -16,9 +16,10 @@ import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
-import torch
+if TYPE_CHECKING:  # torch only where a device is named: the runtime path stays torch-free
+    import torch
 
 __all__ = [
     "Stopwatch",
@@ -107,11 +108,15 @@ def cpu_name() -> str:
 
 def device_kind(device: str | torch.device) -> str:
     """``"cpu"`` or ``"cuda"`` for a device string such as ``"cuda:0"``."""
-    return torch.device(device).type
+    return str(device).split(":", maxsplit=1)[0] if isinstance(device, str) else device.type
 
 
 def device_name(device: str | torch.device) -> str:
     """Human-readable name of ``device``: the CPU model + cores, or the CUDA device name."""
+    if device_kind(device) == "cpu":
+        return cpu_name()
+    import torch
+
     dev = torch.device(device)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
