@@ -35,7 +35,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from dynamic_ofa_ros.errors import ConstraintError, LevelTableError, UnknownLevelError
-from dynamic_ofa_ros.window import WindowSummary, estimate, percentile_sorted, window_statistic
+from dynamic_ofa_ros.timing import percentile
+from dynamic_ofa_ros.window import WindowSummary, estimate, window_statistic
 
 MODES = ("auto", "lut", "reactive")
 PRIORITIES = ("latency", "accuracy")
@@ -516,9 +517,9 @@ class RuntimeManager:
     def status(self) -> ManagerState:
         """A consistent snapshot of levels, constraints, window statistics and counters."""
         with self._lock:
-            recent = sorted(self._recent)
+            recent = list(self._recent)
             mean = sum(recent) / len(recent) if recent else 0.0
-            p95 = percentile_sorted(recent, 0.95) if recent else 0.0
+            p95 = percentile(recent, 95.0) if recent else 0.0
             last = self._last_window
             slowdown = last.mean_ms / self._lat[last.level - 1] if last is not None else 0.0
             return ManagerState(
@@ -656,8 +657,7 @@ class RuntimeManager:
         level = self._level
         profiled = self._lat[level - 1]
         mean = sum(lat) / n
-        lat_sorted = sorted(lat)
-        p95 = percentile_sorted(lat_sorted, 0.95)
+        p95 = percentile(lat, 95.0)
         statistic = p95 if self._use_p95 else mean
         slow, over = estimate(statistic, inf, profiled, self._use_p95)
         half = (n + 1) // 2

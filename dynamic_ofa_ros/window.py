@@ -12,7 +12,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["WindowSummary", "estimate", "percentile_sorted", "window_statistic"]
+from dynamic_ofa_ros.timing import percentile
+
+__all__ = ["WindowSummary", "estimate", "window_statistic"]
 
 
 @dataclass(frozen=True)
@@ -40,21 +42,10 @@ class WindowSummary:
     end: float
 
 
-def percentile_sorted(values: Sequence[float], q: float) -> float:
-    """Linear-interpolation percentile (numpy's default) of already sorted values."""
-    n = len(values)
-    if n == 1:
-        return values[0]
-    position = q * (n - 1)
-    low = int(position)
-    high = min(low + 1, n - 1)
-    return values[low] + (values[high] - values[low]) * (position - low)
-
-
 def window_statistic(values: Sequence[float], use_p95: bool) -> float:
     """The window statistic compared with the budget: the p95 or the mean of ``values``."""
     if use_p95:
-        return percentile_sorted(sorted(values), 0.95)
+        return percentile(values, 95.0)
     return sum(values) / len(values)
 
 
