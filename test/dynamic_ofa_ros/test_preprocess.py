@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import array
+import struct
+import zlib
 
 import cv2
 import numpy as np
@@ -112,7 +114,7 @@ def test_decode_compressed_jpeg_png() -> None:
     assert np.abs(out.astype(int) - smooth.astype(int)).mean() < 6  # lossy, but RGB order kept
     with pytest.raises(ImageError, match="could not be decoded"):
         decode_compressed(jpg.tobytes()[:40], fmt="jpeg")
-    with pytest.raises(ImageError, match="could not be decoded"):
+    with pytest.raises(ImageError, match="unrecognised data .*not JPEG or PNG"):
         decode_compressed(b"garbage" * 10, fmt="png")
     with pytest.raises(ImageError, match="not supported"):
         decode_compressed(png.tobytes(), fmt="tiff")
@@ -127,6 +129,184 @@ def test_decode_compressed_checks_size_before_decoding() -> None:
         assert ok
         with pytest.raises(ImageError, match=r"400x300 = 0.1 MP, above the limit"):
             decode_compressed(enc.tobytes(), fmt=ext[1:], max_pixels=1000)
+
+
+def png(width: int, height: int, depth: int, colour: int, rows: bytes, *, palette: bytes = b"") -> bytes:
+    """A PNG written chunk by chunk (cv2 cannot write palette PNGs; bombs need a lying header)."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
+    plte = chunk(b"PLTE", palette) if palette else b""
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + plte
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+
+
+def photo_jpeg() -> bytes:
+    """A real photograph (matplotlib's sample data), as its JPEG file."""
+    import matplotlib.cbook
+
+    path = matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
+    with open(path, "rb") as file:
+        return file.read()
+
+
+def opencv_rgb(data: bytes) -> np.ndarray:
+    """What decode_compressed returned before the content checks: OpenCV's decode, as RGB."""
+    return np.ascontiguousarray(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1])
+
+
+@pytest.fixture
+def no_decode(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if anything reaches OpenCV's decoder."""
+
+    def refuse(*args: object) -> None:
+        raise AssertionError("cv2.imdecode was called")
+
+    monkeypatch.setattr(cv2, "imdecode", refuse)
+
+
+def test_real_photo_decodes_as_before() -> None:
+    jpeg = photo_jpeg()
+    expected = opencv_rgb(jpeg)
+    assert expected.shape == (600, 512, 3)
+    np.testing.assert_array_equal(decode_compressed(jpeg, fmt="jpeg"), expected)
+    np.testing.assert_array_equal(
+        decode_compressed(bytearray(jpeg), fmt="rgb8; jpeg compressed bgr8"), expected
+    )
+    ok, encoded = cv2.imencode(".png", expected[:, :, ::-1])
+    assert ok
+    np.testing.assert_array_equal(decode_compressed(encoded.tobytes(), fmt="png"), expected)
+    ok, progressive = cv2.imencode(".jpg", expected[:, :, ::-1], [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])
+    assert ok
+    np.testing.assert_array_equal(
+        decode_compressed(progressive.tobytes(), fmt="jpg"), opencv_rgb(progressive.tobytes())
+    )
+
+
+def test_other_formats_are_refused_by_content_before_decoding(no_decode: None) -> None:
+    small = np.zeros((8, 8, 3), np.uint8)
+    deflate = [cv2.IMWRITE_TIFF_COMPRESSION, 8]  # libtiff's COMPRESSION_ADOBE_DEFLATE
+    for ext, name, params in (
+        (".tiff", "TIFF", deflate),
+        (".bmp", "BMP", []),
+        (".webp", "WebP", []),
+        (".ppm", "PNM", []),
+    ):
+        ok, encoded = cv2.imencode(ext, small, params)
+        assert ok
+        with pytest.raises(ImageError, match=f"holds {name}, not JPEG or PNG; publish JPEG or PNG"):
+            decode_compressed(encoded.tobytes(), fmt="jpeg")
+    # a deflate TIFF whose header claims 20000 x 20000 (1.2 GB decoded) sent as "jpeg"
+    entries = [(256, 4, 20000), (257, 4, 20000), (258, 3, 8), (259, 3, 8), (262, 3, 2), (273, 4, 122)]
+    entries += [(277, 3, 3), (278, 4, 20000), (279, 4, 64)]
+    ifd = (
+        struct.pack("<H", len(entries))
+        + b"".join(struct.pack("<HHII", tag, kind, 1, value) for tag, kind, value in entries)
+        + b"\0" * 4
+    )
+    bomb = b"II*\x00" + struct.pack("<I", 8) + ifd + zlib.compress(bytes(20000 * 3 * 8))[:64]
+    with pytest.raises(ImageError, match="holds TIFF"):
+        decode_compressed(bomb, fmt="jpeg")
+    with pytest.raises(ImageError, match="compressedDepth.*not supported"):
+        decode_compressed(bomb, fmt="16UC1; compressedDepth png")
+
+
+def test_header_size_is_checked_before_decoding(no_decode: None) -> None:
+    bomb = png(20000, 20000, 8, 2, b"\0" * 1000)
+    with pytest.raises(ImageError, match=r"20000x20000 = 400.0 MP, above the limit of 40.0 MP"):
+        decode_compressed(bomb, fmt="png")
+    jpeg = bytearray(photo_jpeg())
+    sof = jpeg.index(b"\xff\xc0")  # baseline frame header: length, precision, height, width
+    jpeg[sof + 5 : sof + 9] = struct.pack(">HH", 20000, 20000)
+    with pytest.raises(ImageError, match=r"20000x20000 = 400.0 MP, above the limit"):
+        decode_compressed(bytes(jpeg), fmt="jpeg")
+
+
+def test_progressive_jpeg_counts_its_coefficients() -> None:
+    image = RNG.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    full = [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
+    ok, baseline = cv2.imencode(".jpg", image, full)
+    assert ok
+    ok, progressive = cv2.imencode(".jpg", image, [*full, cv2.IMWRITE_JPEG_PROGRESSIVE, 1])
+    assert ok
+    # 4096 pixels are within 5000, and so is a baseline decode (2 x 3 bytes per pixel at most), but
+    # a progressive one also keeps 2 bytes per sample of three full-size components
+    assert decode_compressed(baseline.tobytes(), fmt="jpeg", max_pixels=5000).shape == (64, 64, 3)
+    with pytest.raises(ImageError, match="progressive JPEG of 64x64: decoding it keeps its coefficients"):
+        decode_compressed(progressive.tobytes(), fmt="jpeg", max_pixels=5000)
+    assert decode_compressed(progressive.tobytes(), fmt="jpeg", max_pixels=7000).shape == (64, 64, 3)
+
+
+def test_label_must_match_content(no_decode: None) -> None:
+    jpeg = photo_jpeg()
+    with pytest.raises(ImageError, match="the format says PNG but the content is JPEG; fix the publisher"):
+        decode_compressed(jpeg, fmt="png")
+    with pytest.raises(ImageError, match="the format says JPEG but the content is PNG"):
+        decode_compressed(png(4, 4, 8, 0, b"\0" * 20), fmt="bgr8; jpeg compressed bgr8")
+    with pytest.raises(ImageError, match="not supported; publish JPEG or PNG"):
+        decode_compressed(jpeg, fmt="")
+
+
+def test_truncated_and_corrupt_headers(no_decode: None) -> None:
+    jpeg = photo_jpeg()
+    good = png(4, 4, 8, 0, b"\0" * 20)
+    for data, fmt in ((jpeg[:2], "jpeg"), (good[:5], "png")):
+        with pytest.raises(ImageError, match="truncated inside its signature"):
+            decode_compressed(data, fmt=fmt)
+    for data, fmt in ((jpeg[:100], "jpeg"), (good[:20], "png")):
+        with pytest.raises(ImageError, match="could not be decoded: truncated before the end of its"):
+            decode_compressed(data, fmt=fmt)
+    with pytest.raises(ImageError, match="corrupt PNG header"):
+        decode_compressed(good[:23] + b"\x05" + good[24:], fmt="png")  # IHDR no longer matches its CRC
+    with pytest.raises(ImageError, match="corrupt JPEG header"):
+        decode_compressed(b"\xff\xd8\xff\xda\x00\x08" + b"\0" * 100, fmt="jpeg")  # scan before frame
+    with pytest.raises(ImageError, match="corrupt JPEG header"):
+        decode_compressed(b"\xff\xd8" + b"\xff" * 5000, fmt="jpeg")  # fill bytes only
+
+
+def test_high_bit_depth_is_refused_like_the_raw_encodings(no_decode: None) -> None:
+    for image in (np.zeros((4, 5), np.uint16), np.zeros((4, 5, 3), np.uint16)):
+        ok, encoded = cv2.imencode(".png", image)
+        assert ok
+        with pytest.raises(
+            ImageError, match="16-bit PNG: 16-bit .* not supported, like the raw 16UC1/mono16"
+        ):
+            decode_compressed(encoded.tobytes(), fmt="png")
+    jpeg = bytearray(photo_jpeg())
+    jpeg[jpeg.index(b"\xff\xc0") + 4] = 12  # precision
+    with pytest.raises(ImageError, match="12-bit JPEG: .*convert to 8-bit upstream"):
+        decode_compressed(bytes(jpeg), fmt="jpeg")
+
+
+def test_palette_grey_and_alpha_pngs_convert_like_the_raw_encodings() -> None:
+    palette = RNG.integers(0, 256, (16, 3), dtype=np.uint8)
+    index = RNG.integers(0, 16, (5, 7), dtype=np.uint8)
+    rows = b"".join(b"\0" + bytes(row) for row in index)  # filter type 0 per row
+    out = decode_compressed(png(7, 5, 8, 3, rows, palette=palette.tobytes()), fmt="png")
+    np.testing.assert_array_equal(out, palette[index])
+    packed = b"".join(
+        b"\0" + bytes((a << 4) | b for a, b in zip(row[::2], row[1::2], strict=False)) for row in index[:, :6]
+    )
+    np.testing.assert_array_equal(
+        decode_compressed(png(6, 5, 4, 3, packed, palette=palette.tobytes()), fmt="png"),
+        palette[index[:, :6]],
+    )
+    grey = RGB[:, :, 0]
+    ok, encoded = cv2.imencode(".png", grey)
+    assert ok
+    mono = image_from_buffer(grey.tobytes(), width=7, height=5, step=7, encoding="mono8")
+    np.testing.assert_array_equal(decode_compressed(encoded.tobytes(), fmt="png"), mono)
+    rgba = ENCODED["rgba8"]
+    ok, encoded = cv2.imencode(".png", np.ascontiguousarray(rgba[:, :, [2, 1, 0, 3]]))  # OpenCV writes BGRA
+    assert ok
+    np.testing.assert_array_equal(decode_compressed(encoded.tobytes(), fmt="png"), RGB)
 
 
 def reference(rgb: np.ndarray, r: int) -> torch.Tensor:
