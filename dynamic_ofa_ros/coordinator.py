@@ -204,6 +204,7 @@ class _Model:
         "lower",
         "movable",
         "n",
+        "same",
         "slow",
         "target",
         "weight",
@@ -226,6 +227,7 @@ class _Model:
         self.slow = 1.0
         self.k = 0.0
         self.work = 0.0
+        self.same: tuple[object, ...] = ()
 
     def predict(self, level: int, total: float) -> float:
         """Predicted latency at ``level`` when the group's total work is ``total``."""
@@ -281,16 +283,18 @@ def _models(ordered: Sequence[PeerStatus], down_margin: float) -> tuple[list[_Mo
         if status.budget_ms > 0.0:
             model.weight = 1.0 / status.budget_ms
             violated = violated or status.window_mean_ms > status.budget_ms
+    for _, model in pairs:  # what makes two models' steps identical (see _step_down)
+        model.same = (model.lat, model.acc, model.slow, model.k, model.work, model.target, model.weight)
     return [model for _, model in pairs], violated
 
 
 def _best(scores: Sequence[tuple[float, int]]) -> int:
-    """The index of the best ``(score, index)`` (ties within ``_TIE`` to the first); -1 if none."""
+    """The index of the best ``(score, index)`` (ties within ``_TIE`` to the lowest index); -1 if none."""
     if not scores:
         return -1
     top = max(score for score, _ in scores)
     threshold = top - (abs(top) * _TIE + _EPS)
-    return next(index for score, index in scores if score >= threshold)
+    return min(index for score, index in scores if score >= threshold)
 
 
 def _falls_to_floor(models: Sequence[_Model], counted: Sequence[int]) -> bool:
@@ -362,7 +366,9 @@ def _step_down(models: Sequence[_Model], plan: list[int]) -> None:
     candidates in order of those bounds and stops once no bound can reach the best
     score found (within the tie tolerance): the same choice as evaluating them all,
     usually after a few evaluations; at worst all ``P`` (``O(P^2)`` per iteration).
-    A candidate whose step saves nothing never saves anything later and is dropped.
+    Identical models (same table, level and estimate) save the same, so one of them
+    is evaluated per iteration. A candidate whose step saves nothing never saves
+    anything later and is dropped.
     """
     counted = [i for i, model in enumerate(models) if model.weight > 0.0]
     if _falls_to_floor(models, counted):
@@ -383,12 +389,15 @@ def _step_down(models: Sequence[_Model], plan: list[int]) -> None:
         ]
         scores: list[tuple[float, int]] = []
         after_of: dict[int, float] = {}
+        twins: dict[tuple[object, ...], float] = {}
         top = -math.inf
-        for j in sorted(candidates, key=lambda c: -bound[c]):
+        for j in sorted(candidates, key=bound.__getitem__, reverse=True):  # stable: ties by index
             if bound[j] < top - (abs(top) * _TIE + _EPS):
                 break  # neither this candidate nor the rest can reach the best score
             model, level = models[j], plan[j]
-            after = _excess_after(model, j, level, total, violating)
+            after = twins.get((model.same, level))  # a model identical to one evaluated already
+            if after is None:
+                after = twins[model.same, level] = _excess_after(model, j, level, total, violating)
             if excess - after <= _EPS:
                 candidates.remove(j)
                 continue
@@ -396,7 +405,7 @@ def _step_down(models: Sequence[_Model], plan: list[int]) -> None:
             top = max(top, bound[j])
             scores.append((bound[j], j))
             after_of[j] = after
-        best = _best(sorted(scores, key=lambda entry: entry[1]))
+        best = _best(scores)
         if best < 0:
             return
         model = models[best]
