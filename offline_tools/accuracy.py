@@ -26,7 +26,8 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,7 @@ from offline_tools.errors import AccuracyPredictorError, DatasetError
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from dynamic_ofa_ros.supernet import Supernet
     from offline_tools.datasets import ImageSet
+    from offline_tools.executors import CandidateExecutor, CandidateResult, ExecutorSpec, ImageData
 
 __all__ = [
     "OFA_PREDICTOR_SHA256",
@@ -489,14 +491,23 @@ def calibrated_subnet(
     *,
     batch_size: int = 64,
     device: str | torch.device = "cpu",
+    timings: dict[str, float] | None = None,
 ) -> nn.Module:
-    """Extract ``cfg``'s sub-network and recompute its BN statistics on ``calibration`` at its resolution."""
+    """Extract ``cfg``'s sub-network and recompute its BN statistics on ``calibration`` at its resolution.
+
+    ``timings``, when given, receives the seconds of ``"extract"`` and ``"calibrate"``.
+    """
     from dynamic_ofa_ros import bn
 
+    started = time.perf_counter()
     module = bn.extract_subnet(supernet.net, cfg).to(device)
+    extracted = time.perf_counter()
     bn.calibrate_bn(
         module, (x for x, _ in calibration.batches(cfg.resolution, batch_size=batch_size, device=device))
     )
+    if timings is not None:
+        timings["extract"] = extracted - started
+        timings["calibrate"] = time.perf_counter() - extracted
     return module.eval()
 
 
@@ -534,7 +545,14 @@ def top1_accuracy(
 
 
 class MeasuredAccuracy:
-    """Top-1 measured on a labelled validation set after BN calibration (one network at a time)."""
+    """Top-1 measured on a labelled validation set after BN calibration.
+
+    The networks are measured by an executor (``executor``, :mod:`offline_tools.executors`):
+    in this process one after another by default (grouped by resolution, so resized images are
+    reused), or on Ray workers, several at a time. Call :meth:`close` when done (stops workers).
+    Images are decoded sets, or :class:`~offline_tools.executors.ImageData` (e.g. decoded by
+    each Ray worker from the same paths).
+    """
 
     measured = True
 
@@ -542,11 +560,12 @@ class MeasuredAccuracy:
         self,
         supernet: Supernet,
         *,
-        validation: ImageSet,
-        calibration: ImageSet,
+        validation: ImageSet | ImageData,
+        calibration: ImageSet | ImageData,
         device: str | torch.device = "cpu",
         batch_size: int = 64,
         progress: bool = True,
+        executor: ExecutorSpec | None = None,
     ) -> None:
         if not validation.labelled:
             raise DatasetError(f"{validation.name}: the validation images have no labels")
@@ -556,29 +575,49 @@ class MeasuredAccuracy:
         self.device = device
         self.batch_size = batch_size
         self.progress = progress
+        self.executor = executor
         self.evaluated = 0
+        self._running: CandidateExecutor | None = None
 
     @property
     def dataset(self) -> str:
         """The validation set's id."""
         return self.validation.name
 
+    def measure(
+        self, cfgs: Sequence[SubnetConfig], *, on_result: Callable[[CandidateResult], None] | None = None
+    ) -> list[CandidateResult]:
+        """Measure ``cfgs`` (results in order); ``on_result`` sees each as soon as it is finished."""
+        from offline_tools.executors import EvaluationSetup, ExecutorSpec, ImageData, open_executor
+
+        if self._running is None:
+
+            def data(images: ImageSet | ImageData) -> ImageData:
+                return images if isinstance(images, ImageData) else ImageData.decoded(images)
+
+            setup = EvaluationSetup(
+                supernet=self.supernet,
+                calibration=data(self.calibration),
+                validation=data(self.validation),
+                device=str(self.device),
+                batch_size=self.batch_size,
+            )
+            self._running = open_executor(
+                self.executor or ExecutorSpec(), setup, progress=self.progress, desc="measure accuracy"
+            )
+        results = self._running.run(cfgs, on_result=on_result)
+        self.evaluated += len(results)
+        return results
+
     def predict(self, cfgs: Sequence[SubnetConfig]) -> list[float]:
-        """Measure each network (grouped by resolution so resized images are reused)."""
-        order = sorted(range(len(cfgs)), key=lambda i: (cfgs[i].resolution, i))
-        out = [0.0] * len(cfgs)
-        for i in tqdm(
-            order, desc="measure accuracy", disable=not self.progress or len(cfgs) < 2, leave=False
-        ):
-            cfg = cfgs[i]
-            module = calibrated_subnet(
-                self.supernet, cfg, self.calibration, batch_size=self.batch_size, device=self.device
-            )
-            out[i] = top1_accuracy(
-                module, self.validation, cfg.resolution, batch_size=self.batch_size, device=self.device
-            )
-            self.evaluated += 1
-        return out
+        """Measured top-1 (percent) of each of ``cfgs``."""
+        return [float(r.top1) for r in self.measure(cfgs) if r.top1 is not None]
+
+    def close(self) -> None:
+        """Stop the executor's workers (a later :meth:`measure` starts new ones)."""
+        if self._running is not None:
+            self._running.close()
+            self._running = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -650,6 +689,12 @@ class CachedAccuracy:
     def _save(self) -> None:
         atomic_write_text(self.path, json.dumps(self._data, indent=1, sort_keys=True) + "\n")
 
+    def close(self) -> None:
+        """Close the wrapped source when it has workers to stop."""
+        close = getattr(self.inner, "close", None)
+        if callable(close):
+            close()
+
     def predict(self, cfgs: Sequence[SubnetConfig]) -> list[float]:
         """Cached values; the missing networks (each once) are evaluated by the inner source."""
         missing: dict[str, SubnetConfig] = {}
@@ -660,6 +705,17 @@ class CachedAccuracy:
             elif key not in missing:
                 missing[key] = cfg
         todo = sorted(missing.values(), key=lambda c: (c.resolution, c.key()))
+        if isinstance(self.inner, MeasuredAccuracy) and todo:
+            # one batch (a parallel executor measures it at once); every result is saved as it
+            # arrives, so an interruption loses nothing finished
+            def keep(result: CandidateResult) -> None:
+                assert result.top1 is not None
+                self._entries[result.key] = float(result.top1)
+                self.misses += 1
+                self._save()
+
+            self.inner.measure(todo, on_result=keep)
+            return [self._entries[cfg.key()] for cfg in cfgs]
         for start in range(0, len(todo), self.chunk):
             part = todo[start : start + self.chunk]
             values = self.inner.predict(part)

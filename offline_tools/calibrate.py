@@ -34,7 +34,7 @@ from dynamic_ofa_ros.arch import SubnetConfig
 from dynamic_ofa_ros.errors import ArchitectureError, DofaError
 from dynamic_ofa_ros.levels import Level, LevelTable
 from dynamic_ofa_ros.timing import device_kind, device_name, summarize
-from offline_tools.accuracy import calibrated_subnet, top1_accuracy
+from offline_tools.executors import EvaluationSetup, ExecutorSpec, ImageData, open_executor
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from dynamic_ofa_ros.engine import LevelEngine
@@ -172,6 +172,7 @@ class _RunOptions:
     warmup: int
     iterations: int
     progress: bool
+    executor: ExecutorSpec
 
 
 @dataclass
@@ -224,6 +225,7 @@ def calibrate_levels(  # noqa: PLR0913 (keyword-only options, one per `dofa-leve
     min_step: float = 0.0,
     extra: Mapping[str, Any] | None = None,
     progress: bool = True,
+    executor: ExecutorSpec | None = None,
 ) -> CalibrationResult:
     """Calibrate, evaluate and profile every level of ``family`` (see the module docstring).
 
@@ -247,6 +249,8 @@ def calibrate_levels(  # noqa: PLR0913 (keyword-only options, one per `dofa-leve
             kept one (default 0: the measured Pareto front).
         extra: extra top-level fields for the table.
         progress: show progress bars.
+        executor: where the levels are calibrated and evaluated (default: in this process; a
+            parallel one is stopped before the latency is measured).
 
     Returns:
         The table (not yet written), the time each phase took, the dropped levels and notes.
@@ -266,7 +270,9 @@ def calibrate_levels(  # noqa: PLR0913 (keyword-only options, one per `dofa-leve
     if validation is not None and not supernet.meaningful_accuracy:
         notes.append("random weights: accuracy not measured (it would be meaningless)")
     copied = None if latency_from is None else _copied_latencies(latency_from, configs)
-    run = _RunOptions(device, threads, cuda_graphs, batch_size, warmup, iterations, progress)
+    run = _RunOptions(
+        device, threads, cuda_graphs, batch_size, warmup, iterations, progress, executor or ExecutorSpec()
+    )
 
     previous_threads = _with_threads(compute_threads if compute_threads is not None else threads)
     seconds: dict[str, float] = {}
@@ -369,28 +375,31 @@ def _calibrate_and_evaluate(
 ) -> _Calibrated:
     """BN statistics and MACs of every architecture, and top-1 on ``validation`` when given.
 
-    Architectures run in order of resolution, so consecutive ones share the resized images.
+    The executor (``run.executor``; in-process by default) measures them — in this process in
+    order of resolution, so consecutive ones share the resized images — and is closed before
+    anything else happens (no worker is left beside the latency measurement).
     """
-    from dynamic_ofa_ros import bn
-
+    setup = EvaluationSetup(
+        supernet=supernet,
+        calibration=ImageData.decoded(calibration),
+        validation=None if validation is None else ImageData.decoded(validation),
+        device=run.device,
+        batch_size=run.batch_size,
+        with_bn_state=True,
+        with_macs=True,
+    )
+    executor = open_executor(run.executor, setup, progress=run.progress, desc="calibrate levels")
+    try:
+        results = executor.run(configs)
+    finally:
+        executor.close()
     out = _Calibrated()
-    order = sorted(range(len(configs)), key=lambda i: (configs[i].resolution, i))
-    for i in tqdm(order, desc="calibrate levels", disable=not run.progress, leave=False):
-        cfg = configs[i]
-        module = calibrated_subnet(supernet, cfg, calibration, batch_size=run.batch_size, device=run.device)
-        out.states[cfg.key()] = bn.bn_state(module)
-        out.macs[cfg.key()] = float(bn.count_macs(module, cfg.resolution))
-        if validation is not None:
-            out.accuracy[cfg.key()] = top1_accuracy(
-                module,
-                validation,
-                cfg.resolution,
-                batch_size=run.batch_size,
-                device=run.device,
-                progress=run.progress,
-                desc=f"top-1 {cfg.key()[:24]}",
-            )
-        del module
+    for result in results:
+        assert result.bn_state is not None and result.macs_m is not None  # asked for in the setup
+        out.states[result.key] = result.bn_state
+        out.macs[result.key] = result.macs_m
+        if result.top1 is not None:
+            out.accuracy[result.key] = result.top1
     return out
 
 

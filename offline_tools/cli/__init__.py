@@ -36,7 +36,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from dynamic_ofa_ros.errors import DofaError
-from offline_tools.cli import build, latency, levels, plot
+from offline_tools.cli import build, latency, levels, measure, plot
 from offline_tools.cli.common import add_progress_flag, say
 from offline_tools.errors import SearchError
 from offline_tools.experiments import cli as experiments_cli
@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     latency.register(sub)
     levels.register(sub)
+    measure.register(sub)
     build.register(sub)
     plot.register(sub)
     experiments = sub.add_parser(

@@ -8,7 +8,7 @@ from dynamic_ofa_ros.supernet import Supernet, load_supernet
 from offline_tools.accuracy import AccuracySource, CachedAccuracy, MeasuredAccuracy, MLPAccuracyPredictor
 from offline_tools.cli.common import UsageError
 from offline_tools.cli.options import AccuracyOptions, ImageOptions, ModelOptions, SpaceOptions
-from offline_tools.datasets import ImageSet, open_image_source, read_label_map
+from offline_tools.datasets import ImageSet, ImageSource, open_image_source, read_label_map
 from offline_tools.latency.table import LatencyTable
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "image_set",
     "load_latency_table",
     "load_model",
+    "open_images",
     "search_resolutions",
 ]
 
@@ -49,10 +50,15 @@ def load_model(options: ModelOptions) -> Supernet:
 
 def image_set(options: ImageOptions | None, *, flag: str, progress: bool) -> ImageSet:
     """Decode the images of ``options``; :class:`UsageError` naming ``--<flag>`` when none are given."""
+    return ImageSet.load(open_images(options, flag=flag), progress=progress, desc=f"decode {flag}")
+
+
+def open_images(options: ImageOptions | None, *, flag: str) -> ImageSource:
+    """The image source of ``options``, not yet decoded; :class:`UsageError` when none is given."""
     if options is None:
         purpose = "calibration" if flag == "calib" else "top-1"
         raise UsageError(f"give --{flag} PATH (images for {purpose})")
-    source = open_image_source(
+    return open_image_source(
         options.paths,
         topic=options.topic,
         label_map=read_label_map(options.label_map) if options.label_map else "auto",
@@ -62,7 +68,6 @@ def image_set(options: ImageOptions | None, *, flag: str, progress: bool) -> Ima
         limit=options.limit,
         seed=options.seed,
     )
-    return ImageSet.load(source, progress=progress, desc=f"decode {flag}")
 
 
 def accuracy_source(
