@@ -27,7 +27,8 @@ is refused: resize it upstream, e.g. with ``image_proc``'s resize node, or raise
 limit). Supported raw encodings: rgb8, bgr8, rgba8, bgra8, mono8. Compressed
 images (:func:`decode_compressed`) are checked by content, not by their label: only
 JPEG and PNG are decoded, and only after the size in their header passed the same
-limit, so decoding never allocates more than the limit allows.
+limit, so a decode takes at most about twice the memory of the largest image the limit
+allows (OpenCV returns a copy of what it decoded; see ``docs/runtime.md``).
 """
 
 from __future__ import annotations
