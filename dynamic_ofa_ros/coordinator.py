@@ -46,6 +46,7 @@ import math
 import operator
 import threading
 import time
+from bisect import insort
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -366,9 +367,9 @@ def _step_down(models: Sequence[_Model], plan: list[int]) -> None:
     candidates in order of those bounds and stops once no bound can reach the best
     score found (within the tie tolerance): the same choice as evaluating them all,
     usually after a few evaluations; at worst all ``P`` (``O(P^2)`` per iteration).
-    Identical models (same table, level and estimate) save the same, so one of them
-    is evaluated per iteration. A candidate whose step saves nothing never saves
-    anything later and is dropped.
+    Identical models at the same level (a flood of copies) save the same: they form
+    one candidate, whose lowest index steps. A candidate whose step saves nothing
+    never saves anything later and is dropped.
     """
     counted = [i for i, model in enumerate(models) if model.weight > 0.0]
     if _falls_to_floor(models, counted):
@@ -378,10 +379,14 @@ def _step_down(models: Sequence[_Model], plan: list[int]) -> None:
         return
     total = sum(model.lat[level - 1] for model, level in zip(models, plan, strict=True))
     lines = [model.line(level) for model, level in zip(models, plan, strict=True)]
-    candidates = [i for i, model in enumerate(models) if model.movable and plan[i] > model.lower]
-    bound = dict.fromkeys(candidates, math.inf)  # an upper bound of each candidate's score
+    # candidates: identical movable models at the same level, by index; an upper bound of the score
+    twins: dict[tuple[object, ...], list[int]] = {}
+    for i, model in enumerate(models):
+        if model.movable and plan[i] > model.lower:
+            twins.setdefault((model.same, plan[i]), []).append(i)
+    bound = dict.fromkeys(twins, math.inf)
     excess = sum(models[i].weight * max(0.0, lines[i][0] * total + lines[i][1]) for i in counted)
-    while candidates and excess > _EPS:
+    while twins and excess > _EPS:
         violating = [
             (i, gap, lines[i][0], models[i].weight)
             for i in counted
@@ -389,32 +394,35 @@ def _step_down(models: Sequence[_Model], plan: list[int]) -> None:
         ]
         scores: list[tuple[float, int]] = []
         after_of: dict[int, float] = {}
-        twins: dict[tuple[object, ...], float] = {}
         top = -math.inf
-        for j in sorted(candidates, key=bound.__getitem__, reverse=True):  # stable: ties by index
-            if bound[j] < top - (abs(top) * _TIE + _EPS):
+        for key in sorted(twins, key=lambda twin: (-bound[twin], twins[twin][0])):
+            if bound[key] < top - (abs(top) * _TIE + _EPS):
                 break  # neither this candidate nor the rest can reach the best score
+            j = twins[key][0]
             model, level = models[j], plan[j]
-            after = twins.get((model.same, level))  # a model identical to one evaluated already
-            if after is None:
-                after = twins[model.same, level] = _excess_after(model, j, level, total, violating)
+            after = _excess_after(model, j, level, total, violating)
             if excess - after <= _EPS:
-                candidates.remove(j)
+                del twins[key], bound[key]
                 continue
-            bound[j] = (excess - after) / max(model.acc[level - 1] - model.acc[level - 2], 1e-6)
-            top = max(top, bound[j])
-            scores.append((bound[j], j))
+            bound[key] = (excess - after) / max(model.acc[level - 1] - model.acc[level - 2], 1e-6)
+            top = max(top, bound[key])
+            scores.append((bound[key], j))
             after_of[j] = after
         best = _best(scores)
         if best < 0:
             return
         model = models[best]
+        key = (model.same, plan[best])
+        twins[key].remove(best)
+        if not twins[key]:  # otherwise its bound still holds for its other members
+            del twins[key], bound[key]
         total += model.lat[plan[best] - 2] - model.lat[plan[best] - 1]
         plan[best] -= 1
         lines[best] = model.line(plan[best])
-        bound[best] = math.inf  # its next step is a different step: evaluate it afresh
-        if plan[best] <= model.lower:
-            candidates.remove(best)
+        if plan[best] > model.lower:  # a new step: unbounded, unless twins at that level have a bound
+            key = (model.same, plan[best])
+            insort(twins.setdefault(key, []), best)
+            bound.setdefault(key, math.inf)
         excess = after_of[best]
 
 

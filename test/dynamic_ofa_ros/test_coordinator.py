@@ -461,6 +461,10 @@ def test_plan_equals_the_from_scratch_greedy_under_heavy_overload() -> None:
     for violation in (1.2, 2.0, 100.0):
         flood = synthetic_group(6, violation=violation)
         assert plan_group(flood) == reference_plan(flood)
+    for _ in range(30):  # copies of a few models: identical ones are evaluated once per step
+        templates = [random_status(rng, "t", max_levels=6, violate=True) for _ in range(rng.randint(1, 3))]
+        copies = [replace(rng.choice(templates), name=f"m{i}") for i in range(rng.randint(2, 8))]
+        assert plan_group(copies) == reference_plan(copies)
 
 
 def test_plan_for_max_peers_violating_peers_is_valid() -> None:
