@@ -228,7 +228,7 @@ class _Model:
         self.slow = 1.0
         self.k = 0.0
         self.work = 0.0
-        self.same: tuple[object, ...] = ()
+        self.same = 0
 
     def predict(self, level: int, total: float) -> float:
         """Predicted latency at ``level`` when the group's total work is ``total``."""
@@ -284,8 +284,10 @@ def _models(ordered: Sequence[PeerStatus], down_margin: float) -> tuple[list[_Mo
         if status.budget_ms > 0.0:
             model.weight = 1.0 / status.budget_ms
             violated = violated or status.window_mean_ms > status.budget_ms
-    for _, model in pairs:  # what makes two models' steps identical (see _step_down)
-        model.same = (model.lat, model.acc, model.slow, model.k, model.work, model.target, model.weight)
+    kinds: dict[tuple[object, ...], int] = {}
+    for _, model in pairs:  # a number for what makes two models' steps identical (see _step_down)
+        kind = (model.lat, model.acc, model.slow, model.k, model.work, model.target, model.weight)
+        model.same = kinds.setdefault(kind, len(kinds))
     return [model for _, model in pairs], violated
 
 
@@ -380,7 +382,7 @@ def _step_down(models: Sequence[_Model], plan: list[int]) -> None:
     total = sum(model.lat[level - 1] for model, level in zip(models, plan, strict=True))
     lines = [model.line(level) for model, level in zip(models, plan, strict=True)]
     # candidates: identical movable models at the same level, by index; an upper bound of the score
-    twins: dict[tuple[object, ...], list[int]] = {}
+    twins: dict[tuple[int, int], list[int]] = {}
     for i, model in enumerate(models):
         if model.movable and plan[i] > model.lower:
             twins.setdefault((model.same, plan[i]), []).append(i)
