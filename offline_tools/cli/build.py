@@ -16,6 +16,7 @@ from typing import Any
 from dynamic_ofa_ros.levels import save_level_table
 from dynamic_ofa_ros.supernet import Supernet
 from offline_tools.cli.common import UsageError, add_progress_flag, check_out, progress_of, say, write_json
+from offline_tools.cli.executor import add_executor_args, executor_spec
 from offline_tools.cli.latency import ProfileRequest, TimingOptions, default_mode, run_profile
 from offline_tools.cli.levels import calibrate_family, search
 from offline_tools.cli.options import (
@@ -33,6 +34,7 @@ from offline_tools.cli.options import (
 )
 from offline_tools.cli.reports import family_table, print_levels, search_report
 from offline_tools.cli.sources import accuracy_source, load_latency_table, load_model
+from offline_tools.executors import ExecutorSpec
 from offline_tools.latency.table import LatencyTable
 from offline_tools.plot import plot_search
 
@@ -61,6 +63,8 @@ class BuildRequest:
     space: SpaceOptions = field(default_factory=SpaceOptions)
     search: SearchOptions = field(default_factory=SearchOptions)
     progress: bool = True
+    executor: ExecutorSpec = field(default_factory=ExecutorSpec)
+    """Where the measured search's candidates and the levels' calibration run (``--executor``)."""
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> BuildRequest:
@@ -98,6 +102,7 @@ class BuildRequest:
             space=SpaceOptions.from_args(args),
             search=SearchOptions.from_args(args),
             progress=progress_of(args),
+            executor=executor_spec(args),
         )
 
 
@@ -159,17 +164,26 @@ def run_build(request: BuildRequest) -> dict[str, Any]:
     out = request.out or str(Path("config") / "levels" / f"{device}.json")
     t0 = time.perf_counter()
     accuracy = accuracy_source(
-        request.accuracy, model, model_options=request.model, progress=request.progress
-    )
-    result = search(
-        space=request.space,
-        options=request.search,
-        table=table,
-        accuracy=accuracy,
-        model=model,
-        device=device,
+        request.accuracy,
+        model,
+        model_options=request.model,
         progress=request.progress,
+        executor=request.executor,
     )
+    try:
+        result = search(
+            space=request.space,
+            options=request.search,
+            table=table,
+            accuracy=accuracy,
+            model=model,
+            device=device,
+            progress=request.progress,
+        )
+    finally:
+        close = getattr(accuracy, "close", None)
+        if callable(close):
+            close()  # stop the measured search's workers
     stages["search"] = time.perf_counter() - t0
     family = family_table(result, table=table, accuracy=accuracy, model=model, device=device)
     report = search_report(result, device=device, accuracy=accuracy)
@@ -182,6 +196,7 @@ def run_build(request: BuildRequest) -> dict[str, Any]:
         latency_from=None,
         device_label=device,
         progress=request.progress,
+        executor=request.executor,
     )
     stages["calibrate"] = time.perf_counter() - t0
     calibrated.table.extra["search"] = family.extra["search"]
@@ -257,5 +272,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_search_args(b)
     add_model_args(b, required=True)
     add_images_args(b, calib_default=2000)
+    add_executor_args(b)
     add_progress_flag(b)
     b.set_defaults(handler=_build_handler)

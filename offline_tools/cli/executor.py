@@ -8,14 +8,11 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
 
-from offline_tools.cli.options import ImageOptions
-from offline_tools.cli.sources import image_set, open_images
-from offline_tools.datasets import ImageSet
-from offline_tools.executors import EXECUTOR_KINDS, ExecutorError, ExecutorSpec, ImageData
+from offline_tools.cli.common import UsageError
+from offline_tools.executors import EXECUTOR_KINDS, ExecutorError, ExecutorSpec
 
-__all__ = ["add_executor_args", "executor_spec", "image_data"]
+__all__ = ["add_executor_args", "executor_spec"]
 
 
 def add_executor_args(p: argparse.ArgumentParser, *, latency: bool = False) -> None:
@@ -62,31 +59,4 @@ def executor_spec(args: argparse.Namespace) -> ExecutorSpec:
             data=getattr(args, "ray_data", "store"),
         )
     except ExecutorError as exc:
-        from offline_tools.cli.common import UsageError
-
         raise UsageError(str(exc)) from exc
-
-
-@dataclass(frozen=True)
-class _DecodeOnWorker:
-    """A picklable loader: a Ray worker decodes ``options`` itself (``--ray-data path``)."""
-
-    options: ImageOptions
-    flag: str
-
-    def __call__(self) -> ImageSet:
-        return image_set(self.options, flag=self.flag, progress=False)
-
-
-def image_data(options: ImageOptions | None, *, flag: str, spec: ExecutorSpec, progress: bool) -> ImageData:
-    """The images of ``--<flag>`` for the executor: decoded here, or (Ray, ``path``) by each worker."""
-    if spec.kind == "ray" and spec.data == "path":
-        source = open_images(options, flag=flag)
-        assert options is not None  # open_images refused None
-        return ImageData(
-            name=source.name,
-            count=len(source),
-            labelled=source.labelled,
-            loader=_DecodeOnWorker(options, flag),
-        )
-    return ImageData.decoded(image_set(options, flag=flag, progress=progress))

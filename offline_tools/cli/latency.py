@@ -16,7 +16,9 @@ from typing import Any
 
 from dynamic_ofa_ros.timing import atomic_write_text
 from offline_tools.cli.common import add_progress_flag, progress_of
+from offline_tools.cli.executor import add_executor_args
 from offline_tools.errors import LatencyTableError
+from offline_tools.executors import refuse_parallel
 from offline_tools.latency.profile import (
     PROFILE_ITERATIONS,
     PROFILE_ROUNDS,
@@ -95,6 +97,8 @@ class ProfileRequest:
     paired: bool = False
     report: Path | None = None
     """Validation report path (default ``<out>/validation.json``)."""
+    executor: str = "local"
+    """Only ``local``: a parallel executor is refused (:func:`~offline_tools.executors.refuse_parallel`)."""
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ProfileRequest:
@@ -111,6 +115,7 @@ class ProfileRequest:
             validate=args.validate,
             paired=args.paired,
             report=Path(args.report) if args.report else None,
+            executor=args.executor,
         )
 
 
@@ -130,6 +135,8 @@ class ValidateRequest:
     write: bool = False
     """Store the fitted correction in the table's metadata (needs ``fit_correction``)."""
     report: Path | None = None
+    executor: str = "local"
+    """Only ``local`` (as for :class:`ProfileRequest`)."""
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ValidateRequest:
@@ -146,6 +153,7 @@ class ValidateRequest:
             paired=args.paired,
             write=args.write,
             report=Path(args.report) if args.report else None,
+            executor=args.executor,
         )
 
 
@@ -214,6 +222,7 @@ def run_profile(request: ProfileRequest) -> Path:
     Nothing is written unless profiling (and validation) succeeded; an existing table in
     ``request.out`` is an error unless ``request.force``.
     """
+    refuse_parallel(request.executor, "dofa-levels profile")
     timing = request.timing
     if holds_table(request.out) and not request.force:
         raise LatencyTableError(
@@ -268,6 +277,7 @@ def run_validate(request: ValidateRequest) -> dict[str, Any]:
     With ``request.write`` the fitted correction and the validation summary are stored in the
     table's metadata (all its resolutions kept).
     """
+    refuse_parallel(request.executor, "dofa-levels validate-latency")
     timing = request.timing
     if request.write and not request.fit_correction:
         raise LatencyTableError("--write stores a fitted correction; add --fit-correction")
@@ -324,6 +334,7 @@ def _add_timing_args(p: argparse.ArgumentParser) -> None:
         help="CPU timing clock (default auto: thread CPU time with 1 thread, else wall)",
     )
     add_progress_flag(p)
+    add_executor_args(p, latency=True)
 
 
 def _add_profile_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -30,6 +30,7 @@ from offline_tools.cli.common import (
     say,
     write_json,
 )
+from offline_tools.cli.executor import add_executor_args, executor_spec
 from offline_tools.cli.options import (
     AccuracyOptions,
     CalibrationOptions,
@@ -52,6 +53,7 @@ from offline_tools.cli.sources import (
     load_model,
     search_resolutions,
 )
+from offline_tools.executors import ExecutorSpec
 from offline_tools.latency.table import LatencyTable
 from offline_tools.plot import plot_search
 from offline_tools.predictor_fit import fit_mlp_predictor, load_accuracy_records
@@ -90,6 +92,8 @@ class SearchRequest:
     search: SearchOptions = SearchOptions()
     model: ModelOptions = ModelOptions()
     progress: bool = True
+    executor: ExecutorSpec = ExecutorSpec()
+    """Where measured candidates run (``--executor``; unused with a predictor)."""
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> SearchRequest:
@@ -111,6 +115,7 @@ class SearchRequest:
             search=SearchOptions.from_args(args),
             model=ModelOptions.from_args(args),
             progress=progress_of(args),
+            executor=executor_spec(args),
         )
 
 
@@ -179,21 +184,30 @@ def run_search(request: SearchRequest) -> LevelTable | None:
     table = load_latency_table(request.latency_table)
     model = load_model(request.model) if request.model.model else None
     accuracy = accuracy_source(
-        request.accuracy, model, model_options=request.model, progress=request.progress
+        request.accuracy,
+        model,
+        model_options=request.model,
+        progress=request.progress,
+        executor=request.executor,
     )
     device = device_label(request.device_label, table)
-    if request.score:
-        _score(request.score, table=table, accuracy=accuracy, model=model)
-        return None
-    result = search(
-        space=request.space,
-        options=request.search,
-        table=table,
-        accuracy=accuracy,
-        model=model,
-        device=device,
-        progress=request.progress,
-    )
+    try:
+        if request.score:
+            _score(request.score, table=table, accuracy=accuracy, model=model)
+            return None
+        result = search(
+            space=request.space,
+            options=request.search,
+            table=table,
+            accuracy=accuracy,
+            model=model,
+            device=device,
+            progress=request.progress,
+        )
+    finally:
+        close = getattr(accuracy, "close", None)
+        if callable(close):
+            close()  # stop the executor's workers (measured accuracy)
     family = family_table(result, table=table, accuracy=accuracy, model=model, device=device)
     report = search_report(result, device=device, accuracy=accuracy)
     if request.plot:
@@ -328,6 +342,7 @@ class CalibrateRequest:
     device_label: str | None = None
     summary: str | None = None
     progress: bool = True
+    executor: ExecutorSpec = ExecutorSpec()
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> CalibrateRequest:
@@ -341,6 +356,7 @@ class CalibrateRequest:
             device_label=args.device_label,
             summary=args.summary,
             progress=progress_of(args),
+            executor=executor_spec(args),
         )
 
 
@@ -353,6 +369,7 @@ def calibrate_family(
     latency_from: LevelTable | None,
     device_label: str | None,
     progress: bool,
+    executor: ExecutorSpec | None = None,
 ) -> CalibrationResult:
     """BN calibration, top-1 (when validation images are given) and latency of every level."""
     calibration = image_set(options.calibration, flag="calib", progress=progress)
@@ -377,6 +394,7 @@ def calibrate_family(
         device_label=device_label,
         min_step=options.min_step,
         progress=progress,
+        executor=executor,
     )
 
 
@@ -395,6 +413,7 @@ def run_calibrate(request: CalibrateRequest) -> LevelTable:
         latency_from=latency_from,
         device_label=request.device_label,
         progress=request.progress,
+        executor=request.executor,
     )
     save_level_table(result.table, request.out, supernet=model)
     if request.summary:
@@ -441,6 +460,7 @@ def _add_search_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     add_search_args(s)
     add_model_args(s, required=False)
     add_images_args(s, calib_default=2000)
+    add_executor_args(s)
     add_progress_flag(s)
     s.set_defaults(handler=_search_handler)
 
@@ -488,6 +508,7 @@ def _add_calibrate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParse
     )
     add_model_args(c, required=True)
     add_images_args(c, calib_default=2000)
+    add_executor_args(c)
     add_progress_flag(c)
     c.set_defaults(handler=_calibrate_handler)
 

@@ -17,7 +17,7 @@ import torch
 from dynamic_ofa_ros.arch import SubnetConfig
 from offline_tools.accuracy import MLPAccuracyPredictor
 from offline_tools.cli.common import UsageError, add_progress_flag, check_out, progress_of, say, write_json
-from offline_tools.cli.executor import add_executor_args, executor_spec, image_data
+from offline_tools.cli.executor import add_executor_args, executor_spec
 from offline_tools.cli.options import (
     ImageOptions,
     ModelOptions,
@@ -26,7 +26,7 @@ from offline_tools.cli.options import (
     add_model_args,
     add_space_args,
 )
-from offline_tools.cli.sources import load_model
+from offline_tools.cli.sources import image_data, load_model
 from offline_tools.executors import EvaluationSetup, ExecutorSpec
 from offline_tools.measure import (
     MeasureSummary,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from dynamic_ofa_ros.supernet import Supernet, load_supernet
@@ -9,11 +10,13 @@ from offline_tools.accuracy import AccuracySource, CachedAccuracy, MeasuredAccur
 from offline_tools.cli.common import UsageError
 from offline_tools.cli.options import AccuracyOptions, ImageOptions, ModelOptions, SpaceOptions
 from offline_tools.datasets import ImageSet, ImageSource, open_image_source, read_label_map
+from offline_tools.executors import ExecutorSpec, ImageData
 from offline_tools.latency.table import LatencyTable
 
 __all__ = [
     "accuracy_source",
     "device_label",
+    "image_data",
     "image_set",
     "load_latency_table",
     "load_model",
@@ -70,8 +73,38 @@ def open_images(options: ImageOptions | None, *, flag: str) -> ImageSource:
     )
 
 
+@dataclass(frozen=True)
+class _DecodeOnWorker:
+    """A picklable loader: a Ray worker decodes ``options`` itself (``--ray-data path``)."""
+
+    options: ImageOptions
+    flag: str
+
+    def __call__(self) -> ImageSet:
+        return image_set(self.options, flag=self.flag, progress=False)
+
+
+def image_data(options: ImageOptions | None, *, flag: str, spec: ExecutorSpec, progress: bool) -> ImageData:
+    """The images of ``--<flag>`` for the executor: decoded here, or (Ray, ``path``) by each worker."""
+    if spec.kind == "ray" and spec.data == "path":
+        source = open_images(options, flag=flag)
+        assert options is not None  # open_images refused None
+        return ImageData(
+            name=source.name,
+            count=len(source),
+            labelled=source.labelled,
+            loader=_DecodeOnWorker(options, flag),
+        )
+    return ImageData.decoded(image_set(options, flag=flag, progress=progress))
+
+
 def accuracy_source(
-    options: AccuracyOptions, model: Supernet | None, *, model_options: ModelOptions, progress: bool
+    options: AccuracyOptions,
+    model: Supernet | None,
+    *,
+    model_options: ModelOptions,
+    progress: bool,
+    executor: ExecutorSpec | None = None,
 ) -> AccuracySource:
     """The predictor (``--accuracy-predictor``) or measured top-1 (model + images), cached if asked."""
     if options.predictor:
@@ -82,8 +115,9 @@ def accuracy_source(
         )
     if not model.meaningful_accuracy:
         raise UsageError("a measured-accuracy search needs real weights, not a random super-network")
-    validation = image_set(options.validation, flag="val", progress=progress)
-    calibration = image_set(options.calibration, flag="calib", progress=progress)
+    spec = executor or ExecutorSpec()
+    validation = image_data(options.validation, flag="val", spec=spec, progress=progress)
+    calibration = image_data(options.calibration, flag="calib", spec=spec, progress=progress)
     source: AccuracySource = MeasuredAccuracy(
         model,
         validation=validation,
@@ -91,6 +125,7 @@ def accuracy_source(
         device=model_options.torch_device,
         batch_size=model_options.batch_size,
         progress=progress,
+        executor=spec,
     )
     if options.cache:
         source = CachedAccuracy(
