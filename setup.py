@@ -45,6 +45,8 @@ INSTALL_REQUIRES = [
 EXTRAS_REQUIRE = {
     # photos for the demo (dynamic_ofa_ros.ros_tools.demo, which also needs ROS)
     "demo": ["scikit-image"],
+    # `dofa-levels measure|search|calibrate|build --executor ray` (offline_tools/executors)
+    "distributed": ["ray>=2.9"],
     "dev": ["pytest>=8", "pytest-timeout", "ruff", "mypy", "types-PyYAML"],
 }
 

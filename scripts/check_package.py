@@ -72,6 +72,7 @@ KNOWN_IMPORTS: dict[str, tuple[str | None, str | None]] = {
     "gdown": (None, "gdown"),
     "rosbags": (None, "rosbags"),
     "skimage": (None, "scikit-image"),
+    "ray": (None, "ray"),
     "rclpy": ("rclpy", "ros-rclpy"),
     "std_msgs": ("std_msgs", "ros-std-msgs"),
     "std_srvs": ("std_srvs", "ros-std-srvs"),
