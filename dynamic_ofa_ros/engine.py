@@ -64,8 +64,9 @@ from dynamic_ofa_ros.backends.cache import ArtefactCache
 from dynamic_ofa_ros.backends.header import cpu_mismatch, table_backend
 from dynamic_ofa_ros.bn import extract_subnet, load_bn_state
 from dynamic_ofa_ros.errors import ImageError, LevelTableError, ModelSourceError, UnknownLevelError
+from dynamic_ofa_ros.image_input import DEFAULT_MAX_PIXELS
 from dynamic_ofa_ros.levels import Level, LevelTable, check_table_supernet
-from dynamic_ofa_ros.preprocess import DEFAULT_MAX_PIXELS, check_rgb, to_input_batch, to_input_tensor
+from dynamic_ofa_ros.preprocess import check_rgb, to_input_batch, to_input_tensor
 from dynamic_ofa_ros.resize import to_input_array
 from dynamic_ofa_ros.supernet import Supernet
 

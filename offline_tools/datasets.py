@@ -244,7 +244,7 @@ def _subset_tag(
 
 
 def _decode(data: bytes, member: str, where: str) -> np.ndarray:
-    from dynamic_ofa_ros.preprocess import decode_compressed
+    from dynamic_ofa_ros.image_input import decode_compressed
 
     fmt = Path(member).suffix.lower().lstrip(".")
     fmt = "jpeg" if fmt == "jpg" else fmt
@@ -560,7 +560,7 @@ class RosbagImageSource:
         return self._count
 
     def __iter__(self) -> Iterator[Sample]:
-        from dynamic_ofa_ros.preprocess import decode_compressed, image_from_buffer
+        from dynamic_ofa_ros.image_input import decode_compressed, image_from_buffer
 
         with self._open() as reader:
             conns = [c for c in reader.connections if c.topic == self.topic]

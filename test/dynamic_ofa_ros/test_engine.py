@@ -302,7 +302,7 @@ IMAGENETTE = {
 def _photos(zip_path: Path, n: int, seed: int) -> list[tuple[np.ndarray, int]]:
     import zipfile
 
-    from dynamic_ofa_ros.preprocess import decode_compressed
+    from dynamic_ofa_ros.image_input import decode_compressed
 
     with zipfile.ZipFile(zip_path) as archive:
         names = sorted(x for x in archive.namelist() if x.lower().endswith(".jpeg"))
