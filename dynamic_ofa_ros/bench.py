@@ -3,6 +3,7 @@
 Usage::
 
     dofa-bench --device cpu --table config/levels/cpu.json --model embedded --threads 1 --out bench.json
+    dofa-bench --device cpu --table config/levels/cpu.json --threads 1 --backend openvino
     dofa-bench --device cuda --model random --allow-random --out docs/results/bench-h100.json
 
 Without ``--table`` a small table of three sample sub-networks (``--configs``) is built
@@ -16,7 +17,14 @@ held with ``set_level``). Measured, all in the same process:
   model, output on the host);
 * ``static_ms_p50/p95``: the same sub-network as a plain extracted eager module on an
   already preprocessed input (model only), interleaved with the engine runs;
-* ``preprocess_ms_p50``: :func:`~dynamic_ofa_ros.preprocess.to_input_tensor` alone;
+* ``preprocess_ms_p50``: :func:`~dynamic_ofa_ros.preprocess.to_input_tensor` alone, and
+  ``preprocess_numpy_ms_p50``: the same bytes by :func:`~dynamic_ofa_ros.resize.to_input_array`;
+* ``model_ms_p50/p99``: the engine's level on an already preprocessed input
+  (:meth:`~dynamic_ofa_ros.engine.LevelEngine.run_model`: the compiled model, or the eager module);
+* ``frames``: ``inference_ms`` of a 224x224 and a 480x640 uint8 frame (:data:`FRAME_SIZES`);
+* ``stock`` (CPU, ``--stock``): the stock runtimes on the level's ONNX file without our wrapper
+  (:mod:`dynamic_ofa_ros.backends.stock`), and ``model_over_stock`` / ``infer_over_stock``: the
+  engine against the fastest float32 one;
 * on CUDA ``floor_ms_p50``: that sub-network alone captured as a CUDA graph
   (replay + synchronise, same dtype/layout as the engine's choice), and ``graph_ms_p50``:
   the engine's own captured graph for the frame size (preprocessing + model) replayed alone,
@@ -25,7 +33,8 @@ held with ``set_level``). Measured, all in the same process:
   minus that frame's ``inference_ms`` (so it includes the manager's bookkeeping of the frame);
   ``switch_call_us_p50``: the ``set_level()`` call alone;
 * ``manager_overhead_us_p50/p99``: one ``RuntimeManager.observe`` call;
-* ``memory_mb`` per level and total; on CUDA (or with ``--reference``) the reference
+* ``memory_mb`` per level and total (a compiled level: its ONNX file); on CUDA (or with
+  ``--reference``) the reference
   design: switching by ``set_active_subnet`` + loading BN into the super-network, and
   by ``get_active_subnet`` extraction.
 
@@ -40,6 +49,7 @@ import copy
 import dataclasses
 import datetime
 import functools
+import importlib.metadata
 import json
 import platform
 import random
@@ -54,6 +64,11 @@ import numpy as np
 import torch
 
 from dynamic_ofa_ros.arch import SubnetConfig
+from dynamic_ofa_ros.backends import BACKENDS, installed
+from dynamic_ofa_ros.backends.build import export_table_level, level_cache_key
+from dynamic_ofa_ros.backends.cache import ArtefactCache
+from dynamic_ofa_ros.backends.header import cpu_isa, cpu_model
+from dynamic_ofa_ros.backends.stock import StockRunner, stock_runners
 from dynamic_ofa_ros.bn import extract_subnet, load_bn_into_supernet, load_bn_state
 from dynamic_ofa_ros.classifier import DynamicClassifier
 from dynamic_ofa_ros.engine import LevelEngine
@@ -61,13 +76,17 @@ from dynamic_ofa_ros.errors import DofaError
 from dynamic_ofa_ros.levels import LevelTable, load_level_table
 from dynamic_ofa_ros.manager import LevelSpec, RuntimeManager
 from dynamic_ofa_ros.preprocess import to_input_tensor
+from dynamic_ofa_ros.resize import to_input_array
 from dynamic_ofa_ros.supernet import Supernet, load_supernet
 from dynamic_ofa_ros.table_builder import build_level_table
 from dynamic_ofa_ros.timing import atomic_write_text, device_name, percentile
 
 _T = TypeVar("_T")
 
-__all__ = ["SAMPLE_CONFIGS", "BenchOptions", "main", "run_bench", "sample_config"]
+__all__ = ["FRAME_SIZES", "SAMPLE_CONFIGS", "BenchOptions", "main", "run_bench", "sample_config"]
+
+#: Frames every level is also classified from: a 224x224 thumbnail and a VGA camera frame (H, W).
+FRAME_SIZES: tuple[tuple[int, int], ...] = ((224, 224), (480, 640))
 
 #: The issue's sample sub-networks: small / medium / largest.
 SAMPLE_CONFIGS: dict[str, SubnetConfig] = {
@@ -259,6 +278,8 @@ class BenchOptions:
     reference_extractions: int = 6
     half: bool | None = None
     channels_last: bool | None = None
+    backend: str = "auto"
+    stock: bool | None = None  # None: on the CPU
 
 
 def _load_table(opts: BenchOptions, supernet: Supernet) -> LevelTable:
@@ -271,43 +292,146 @@ def _load_table(opts: BenchOptions, supernet: Supernet) -> LevelTable:
     return build_level_table(supernet, samples, threads=opts.threads, warmup=2, iterations=5)
 
 
+def _frame_key(size: tuple[int, int]) -> str:
+    return f"{size[0]}x{size[1]}"
+
+
+def _level_onnx(engine: LevelEngine, supernet: Supernet, level: int) -> Path | None:
+    """The level's ONNX file: the engine's (compiled levels), else exported into the cache."""
+    runner = engine.runner(level)
+    if runner.onnx is not None:
+        return runner.onnx
+    backend = next((b for b in BACKENDS if b != "torch" and installed(b)), None)
+    if backend is None:
+        return None
+    table, lv = engine.table, engine.table.level(level)
+    key = level_cache_key(supernet, table, lv, backend=backend, precision="f32")
+    return ArtefactCache().get(key, lambda: export_table_level(supernet, table, lv)).model
+
+
+def _interleaved(timers: dict[str, Callable[[], float]], opts: BenchOptions) -> dict[str, list[float]]:
+    """Each timer once per round, ``warmup`` untimed rounds first: all see the same load."""
+    times: dict[str, list[float]] = {name: [] for name in timers}
+    for i in range(opts.warmup + opts.iterations):
+        for name, timer in timers.items():
+            ms = timer()
+            if i >= opts.warmup:
+                times[name].append(ms)
+    return times
+
+
+def _level_timers(
+    classifier: DynamicClassifier,
+    static: torch.nn.Module,
+    image: np.ndarray,
+    level: int,
+    stock: Sequence[StockRunner],
+) -> dict[str, Callable[[], float]]:
+    """What :func:`_measure_level` times, by name; each returns milliseconds."""
+    engine = classifier.engine
+    dev = engine.device
+    resolution = engine.table.level(level).resolution
+    x = to_input_tensor(image, resolution=resolution, device=dev)
+    x_host = np.ascontiguousarray(x.cpu().numpy())
+    timers: dict[str, Callable[[], float]] = {
+        "infer": lambda: classifier.classify(image).inference_ms,
+        "static": functools.partial(_ms, functools.partial(static, x), dev),
+        "preprocess": functools.partial(
+            _ms, functools.partial(to_input_tensor, image, resolution=resolution, device=dev), dev
+        ),
+        "model": functools.partial(_ms, functools.partial(engine.run_model, x_host, level=level), dev),
+    }
+    if dev.type == "cpu":
+        timers["preprocess_numpy"] = functools.partial(
+            _ms, functools.partial(to_input_array, image, resolution=resolution), dev
+        )
+    rng = np.random.default_rng(3)
+    for size in FRAME_SIZES:
+        frame = rng.integers(0, 256, (size[0], size[1], 3), dtype=np.uint8)
+        timers[f"frame {_frame_key(size)}"] = functools.partial(
+            lambda f: classifier.classify(f).inference_ms, frame
+        )
+    for runner in stock:
+        timers[f"stock {runner.name}"] = functools.partial(_ms, functools.partial(runner.run, x_host), dev)
+    return timers
+
+
+def _p(values: Sequence[float], q: float) -> float:
+    return round(percentile(values, q), 4)
+
+
+def _stock_fields(
+    times: dict[str, list[float]], stock: Sequence[StockRunner], model_p50: float
+) -> dict[str, Any]:
+    """``stock`` per runtime, and the engine's model and frames against the fastest f32 runtime."""
+    out: dict[str, Any] = {
+        "stock": {
+            r.name: {
+                "ms_p50": _p(times[f"stock {r.name}"], 50),
+                "ms_p99": _p(times[f"stock {r.name}"], 99),
+                "version": r.version,
+                "precision": r.precision,
+            }
+            for r in stock
+        }
+    }
+    f32 = [v["ms_p50"] for v in out["stock"].values() if v["precision"] == "f32"]
+    if f32:
+        best = min(f32)
+        out["stock_best_f32_ms_p50"] = best
+        out["model_over_stock"] = round(model_p50 / best, 4)
+        out["infer_over_stock"] = {
+            _frame_key(size): round(_p(times[f"frame {_frame_key(size)}"], 50) / best, 4)
+            for size in FRAME_SIZES
+        }
+    return out
+
+
 def _measure_level(
     classifier: DynamicClassifier, supernet: Supernet, level: int, image: np.ndarray, opts: BenchOptions
 ) -> dict[str, Any]:
-    """One level: the classifier's engine time vs the plain extracted module, interleaved."""
+    """One level: engine (frames, model alone), plain eager module, stock runtimes; interleaved."""
     engine = classifier.engine
     table, dev = engine.table, engine.device
     lv = table.level(level)
     static = _static_module(supernet, table, level, dev)
-    r = lv.resolution
-    x = to_input_tensor(image, resolution=r, device=dev)
+    stock: list[StockRunner] = []
+    if opts.stock if opts.stock is not None else dev.type == "cpu":
+        onnx = _level_onnx(engine, supernet, level)
+        stock = stock_runners(onnx, engine.threads or 1) if onnx is not None else []
     classifier.set_level(level)
-    infer_t: list[float] = []
-    static_t: list[float] = []
-    pre_t: list[float] = []
     with torch.inference_mode():
-        for i in range(opts.warmup + opts.iterations):
-            res = classifier.classify(image)
-            s = _ms(functools.partial(static, x), dev)
-            p = _ms(functools.partial(to_input_tensor, image, resolution=r, device=dev), dev)
-            if i >= opts.warmup:
-                infer_t.append(res.inference_ms)
-                static_t.append(s)
-                pre_t.append(p)
+        times = _interleaved(_level_timers(classifier, static, image, level, stock), opts)
     row: dict[str, Any] = {
         "level": level,
         "resolution": lv.resolution,
         "architecture": lv.config.key(),
         "table_latency_ms": lv.latency_ms,
-        "infer_ms_p50": round(percentile(infer_t, 50), 4),
-        "infer_ms_p95": round(percentile(infer_t, 95), 4),
-        "static_ms_p50": round(percentile(static_t, 50), 4),
-        "static_ms_p95": round(percentile(static_t, 95), 4),
-        "preprocess_ms_p50": round(percentile(pre_t, 50), 4),
+        "infer_ms_p50": _p(times["infer"], 50),
+        "infer_ms_p95": _p(times["infer"], 95),
+        "infer_ms_p99": _p(times["infer"], 99),
+        "static_ms_p50": _p(times["static"], 50),
+        "static_ms_p95": _p(times["static"], 95),
+        "static_ms_p99": _p(times["static"], 99),
+        "preprocess_ms_p50": _p(times["preprocess"], 50),
+        "model_ms_p50": _p(times["model"], 50),
+        "model_ms_p99": _p(times["model"], 99),
+        "frames": {
+            _frame_key(size): {
+                "infer_ms_p50": _p(times[f"frame {_frame_key(size)}"], 50),
+                "infer_ms_p99": _p(times[f"frame {_frame_key(size)}"], 99),
+            }
+            for size in FRAME_SIZES
+        },
         "memory_mb": round(engine.memory_mb[level], 3),
         "execution": engine.execution[level],
     }
+    if "preprocess_numpy" in times:
+        row["preprocess_numpy_ms_p50"] = _p(times["preprocess_numpy"], 50)
     row["infer_over_static"] = round(row["infer_ms_p50"] / row["static_ms_p50"], 4)
+    row["model_over_static"] = round(row["model_ms_p50"] / row["static_ms_p50"], 4)
+    if stock:
+        row.update(_stock_fields(times, stock, row["model_ms_p50"]))
     if dev.type == "cuda":
         row.update(_cuda_floor(engine, static, level, opts))
     return row
@@ -369,6 +493,7 @@ def run_bench(options: BenchOptions | None = None) -> dict[str, Any]:
     dev = torch.device(opts.device)
     if dev.type == "cuda":
         supernet.net.to(dev)
+    started = time.perf_counter()
     engine = LevelEngine(
         supernet,
         table,
@@ -379,7 +504,10 @@ def run_bench(options: BenchOptions | None = None) -> dict[str, Any]:
         warmup=3,
         warmup_shapes=[opts.image_size],
         check_device=False,  # a table's architectures may be benchmarked on another device kind
+        backend=opts.backend,
+        check_backend=False,  # ... and in another backend than the one it was profiled with
     )
+    startup_s = time.perf_counter() - started
     dev = engine.device
     # Every frame below goes through the same object the node drives (a lock = a static level).
     classifier = DynamicClassifier(engine, levels=_bench_specs(table)[0])
@@ -398,6 +526,8 @@ def run_bench(options: BenchOptions | None = None) -> dict[str, Any]:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "threads": torch.get_num_threads(),
+        **_backend_fields(engine),
+        "startup_s": round(startup_s, 3),
         "model": {**supernet.identity()},
         "table": {
             "path": opts.table_path,
@@ -406,6 +536,7 @@ def run_bench(options: BenchOptions | None = None) -> dict[str, Any]:
             "device_name": table.device_name,
             "levels": len(table.levels),
             "profiled_on_other_device_kind": table.device.split(":")[0] != dev.type,
+            "backend": str(table.profiling.get("backend", "torch")),
         },
         "image": {"height": opts.image_size[0], "width": opts.image_size[1]},
         "iterations": opts.iterations,
@@ -431,16 +562,42 @@ def run_bench(options: BenchOptions | None = None) -> dict[str, Any]:
     return result
 
 
+def _backend_fields(engine: LevelEngine) -> dict[str, Any]:
+    """What ran the levels, on which CPU, with which libraries."""
+    first = engine.execution[engine.table.levels[0].level]
+    libraries = {}
+    for name in ("numpy", "torch", "openvino", "onnxruntime", "onnx"):
+        try:
+            libraries[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return {
+        "backend": engine.backend,
+        "backend_version": first["backend_version"],
+        "precision": first["precision"],
+        "preprocessing": engine.preprocessing if engine.backend != "torch" else "torch",
+        "cpu_model": cpu_model(),
+        "isa": list(cpu_isa()),
+        "libraries": libraries,
+        "warnings": list(engine.warnings),
+    }
+
+
 def _targets(result: dict[str, Any], per_level: list[dict[str, Any]], dev: torch.device) -> dict[str, bool]:
     limit = 1.1 if dev.type == "cpu" else 1.2
     baseline = "static_ms_p50" if dev.type == "cpu" else "floor_ms_p50"
-    return {
+    targets = {
         "switch_ms_p99_le_1ms": result["switch_ms_p99"] <= 1.0,
         "manager_overhead_le_20us": (result.get("manager_overhead_us_p50") or 1e9) <= 20.0,
         f"infer_le_{limit}x_{'static' if dev.type == 'cpu' else 'floor'}": all(
             row["infer_ms_p50"] <= limit * row[baseline] for row in per_level
         ),
     }
+    if all("model_over_stock" in row for row in per_level):
+        vga = _frame_key(FRAME_SIZES[-1])
+        targets["model_le_1.1x_stock"] = all(row["model_over_stock"] <= 1.1 for row in per_level)
+        targets[f"infer_{vga}_le_1.3x_stock"] = all(row["infer_over_stock"][vga] <= 1.3 for row in per_level)
+    return targets
 
 
 def _image_size(text: str) -> tuple[int, int]:
@@ -500,6 +657,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--channels-last", type=_tristate, default=None, help="CUDA channels_last: auto, on, off"
     )
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        choices=("auto", *BACKENDS),
+        help="engine backend (default auto: the table's); here any backend may run any table",
+    )
+    parser.add_argument(
+        "--stock",
+        type=_tristate,
+        default=None,
+        help="also time the stock runtimes on each level's ONNX file: auto (CPU, default), on, off",
+    )
     parser.add_argument("--out", default=None, help="also write the JSON here (atomically)")
     return parser
 
@@ -533,6 +702,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 reference_extractions=args.reference_extractions,
                 half=args.half,
                 channels_last=args.channels_last,
+                backend=args.backend,
+                stock=args.stock,
             )
         )
     except DofaError as exc:

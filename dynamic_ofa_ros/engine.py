@@ -568,8 +568,8 @@ class LevelEngine:
     def input_array(self, rgb: np.ndarray | torch.Tensor, resolution: int) -> np.ndarray:
         """The (1, 3, r, r) float32 model input of a compiled level (``preprocessing``; no checks)."""
         if self.preprocessing == "torch":
-            with torch.inference_mode():
-                return to_input_tensor(rgb, resolution=resolution).numpy()
+            with torch.inference_mode():  # a frame of the input size keeps its HWC strides: copy
+                return np.ascontiguousarray(to_input_tensor(rgb, resolution=resolution).numpy())
         image = rgb.cpu().numpy() if isinstance(rgb, torch.Tensor) else rgb
         return to_input_array(image, resolution=resolution)
 

@@ -41,6 +41,10 @@ __all__ = ["axis_weights", "resize_u8", "to_input_array"]
 _BLOCK = 8
 #: float32 represents every integer below this exactly.
 _EXACT_F32 = float(2**24)
+#: OpenBLAS runs a gemm of fewer multiply-adds than this on the calling thread; larger ones wake
+#: its thread pool, whose spinning threads cost 5-10x on a busy 2-core machine. Passes are cut
+#: into column chunks below it (the result does not depend on the chunking).
+_SINGLE_THREAD_MACS = 65536 * 4
 _SCALE = (1.0 / (255.0 * np.asarray(IMAGENET_STD, dtype=np.float32))).astype(np.float32)
 _SHIFT = (-np.asarray(IMAGENET_MEAN, dtype=np.float32) / np.asarray(IMAGENET_STD, dtype=np.float32)).astype(
     np.float32
@@ -101,7 +105,12 @@ class _AxisPlan:
         rest = samples.shape[1:]
         blocks, window = self.index.shape
         gathered = samples[self.index].reshape(blocks, window, -1).astype(np.float32, copy=False)
-        product = np.matmul(self.weights, gathered)
+        rows, columns = self.weights.shape[1], gathered.shape[2]
+        product = np.empty((blocks, rows, columns), dtype=np.float32)
+        step = max(1, _SINGLE_THREAD_MACS // (rows * window) - 1)
+        for first in range(0, columns, step):
+            chunk = slice(first, first + step)
+            np.matmul(self.weights, gathered[:, :, chunk], out=product[:, :, chunk])
         if self.split_bits:
             high, low = product[:, : self.block], product[:, self.block :]
             low *= 2.0**-self.split_bits

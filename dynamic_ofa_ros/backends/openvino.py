@@ -74,6 +74,7 @@ class OpenVINOLevel:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Probabilities ``(n_classes,)`` for one (1, 3, r, r) float32 input."""
+        x = np.ascontiguousarray(x, dtype=np.float32)  # shared with the request: must be C-contiguous
         with self._lock:
             self._request.set_input_tensor(self._tensor(x, shared_memory=True))
             self._request.infer()

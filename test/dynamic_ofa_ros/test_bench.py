@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
 from dynamic_ofa_ros import embedded
+from dynamic_ofa_ros.backends import installed
 from dynamic_ofa_ros.bench import SAMPLE_CONFIGS, main, sample_config
 from dynamic_ofa_ros.levels import save_level_table
 from dynamic_ofa_ros.supernet import load_supernet
@@ -29,7 +31,16 @@ LEVEL_FIELDS = {
     "infer_over_static",
     "memory_mb",
     "execution",
+    # compiled backends (issue 14)
+    "infer_ms_p99",
+    "static_ms_p99",
+    "model_ms_p50",
+    "model_ms_p99",
+    "model_over_static",
+    "frames",
+    "preprocess_numpy_ms_p50",
 }
+STOCK_FIELDS = {"stock", "stock_best_f32_ms_p50", "model_over_stock", "infer_over_stock"}
 TOP_FIELDS = {
     "tool",
     "timestamp",
@@ -53,7 +64,26 @@ TOP_FIELDS = {
     "manager_note",
     "memory_mb",
     "targets",
+    "backend",
+    "backend_version",
+    "precision",
+    "preprocessing",
+    "cpu_model",
+    "isa",
+    "libraries",
+    "warnings",
+    "startup_s",
 }
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Path]:
+    """Exported levels go to a temporary folder, never to the user's cache."""
+    root = tmp_path_factory.getbasetemp() / "compiled"
+    monkeypatch.setenv("DOFA_CACHE_DIR", str(root))
+    yield root
 
 
 @pytest.fixture(scope="module")
@@ -75,15 +105,26 @@ def test_bench_json_fields(table_path: Path, tmp_path: Path, capsys: pytest.Capt
     assert main(argv) == 0
     printed = json.loads(capsys.readouterr().out)
     assert json.loads(out.read_text()) == printed
-    assert TOP_FIELDS <= set(printed)
+    assert set(printed) >= TOP_FIELDS
     assert printed["device_kind"] == "cpu" and printed["threads"] == 1
     assert printed["model"]["meaningful_accuracy"] is False
     assert printed["table"]["levels"] == 2 and printed["table"]["ad_hoc"] is False
     assert [row["level"] for row in printed["levels"]] == [1, 2]
+    assert printed["backend"] == "torch" and printed["table"]["backend"] == "torch"
+    assert printed["libraries"]["torch"] == printed["torch"].split("+")[0]
+    stock = {name for name in ("onnxruntime", "openvino") if installed(name)}
     for row in printed["levels"]:
-        assert LEVEL_FIELDS <= set(row)
-        assert row["infer_ms_p50"] > 0 and row["static_ms_p50"] > 0
+        assert set(row) >= LEVEL_FIELDS
+        assert row["infer_ms_p50"] > 0 and row["static_ms_p50"] > 0 and row["model_ms_p50"] > 0
+        assert set(row["frames"]) == {"224x224", "480x640"}
+        assert all(v["infer_ms_p99"] >= v["infer_ms_p50"] > 0 for v in row["frames"].values())
+        assert row["execution"]["backend"] == "torch" and row["execution"]["precision"] == "f32"
         assert "floor_ms_p50" not in row  # CUDA only
+        if stock:  # the stock runtimes on the same ONNX file, without our wrapper
+            assert set(row) >= STOCK_FIELDS
+            assert set(row["stock"]) >= stock and all(v["ms_p50"] > 0 for v in row["stock"].values())
+    if stock:
+        assert set(printed["targets"]) >= {"model_le_1.1x_stock", "infer_480x640_le_1.3x_stock"}
     assert set(printed["memory_mb"]["per_level"]) == {"1", "2"}
     assert printed["memory_mb"]["total"] > 0
     assert printed["switch_samples"] == 5
@@ -114,6 +155,26 @@ def test_bench_cuda_fields(table_path: Path, capsys: pytest.CaptureFixture[str])
     assert {"set_active_subnet_bn", "get_active_subnet", "engine"} <= set(printed["reference_design"])
 
 
+@pytest.mark.parametrize("backend", ["openvino", "onnxruntime"])
+def test_bench_compiled_backend(table_path: Path, backend: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Any backend may run any table here (the table says torch); the engine's levels run compiled."""
+    if not installed(backend):
+        pytest.skip(f"{backend} is not installed")
+    argv = [
+        "--table", str(table_path), "--model", "random", "--allow-random", "--threads", "1",
+        "--iterations", "2", "--warmup", "0", "--switches", "3", "--manager-samples", "10",
+        "--backend", backend, "--stock", "off",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["backend"] == backend and printed["precision"] == "f32"
+    assert printed["backend_version"] == printed["libraries"][backend]
+    assert printed["startup_s"] > 0 and printed["cpu_model"] in printed["device"]
+    for row in printed["levels"]:
+        assert row["execution"]["mode"] == "compiled" and row["execution"]["backend"] == backend
+        assert "stock" not in row
+
+
 def test_bench_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     if not (embedded.EMBEDDED_DIR / embedded.MANIFEST_NAME).exists():
         assert main(["--iterations", "1"]) == 2
@@ -125,6 +186,8 @@ def test_bench_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> Non
     assert main(["--iterations", "0"]) == 2
     with pytest.raises(SystemExit):
         main(["--image", "big"])
+    with pytest.raises(SystemExit):
+        main(["--backend", "tensorrt"])
 
 
 def test_sample_configs_use_the_model_resolutions() -> None:
@@ -146,6 +209,6 @@ def test_bench_default_table_on_the_embedded_model(capsys: pytest.CaptureFixture
     if not (embedded.EMBEDDED_DIR / embedded.MANIFEST_NAME).exists():
         pytest.skip("the embedded model is not in this checkout")
     argv = ["--iterations", "1", "--warmup", "0", "--switches", "2", "--manager-samples", "10"]
-    assert main([*argv, "--image", "64x96", "--reference", "off", "--threads", "1"]) == 0
+    assert main([*argv, "--image", "64x96", "--reference", "off", "--threads", "1", "--stock", "off"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert [row["resolution"] for row in printed["levels"]] == [128, 128, 160]

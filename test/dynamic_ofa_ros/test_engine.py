@@ -69,6 +69,9 @@ def test_levels_and_memory(engine: LevelEngine, table: LevelTable) -> None:
     by_macs = sorted(table.levels, key=lambda lv: lv.macs_m or 0)
     assert mem[by_macs[0].level] < mem[by_macs[-1].level]
     assert engine.execution[1]["mode"] == "eager"
+    assert engine.backend == "torch" and engine.warnings == ()  # the table was profiled in torch
+    assert engine.execution[1]["backend"] == "torch" and engine.execution[1]["precision"] == "f32"
+    assert engine.execution[1]["backend_version"] == torch.__version__
     assert engine.threads == 1
     assert engine.meaningful_accuracy is False
 
