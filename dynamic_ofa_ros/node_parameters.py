@@ -1,5 +1,9 @@
 """The classifier node's ROS parameters: declarations, descriptions and their translation.
 
+QoS is not among them: the image subscriptions and the publishers take rclpy's standard
+``qos_overrides.<topic>.<publisher|subscription>.<policy>`` parameters
+(:func:`qos_overriding_options`); :func:`image_qos` is the image subscriptions' default.
+
 Only what ROS itself needs lives here (names, defaults, descriptions, types). Every rule about
 a value -- budget ranges, the margin ordering, window sizes -- is checked once, by the core
 (:class:`~dynamic_ofa_ros.manager.ManagerConfig`, :class:`~dynamic_ofa_ros.manager.RuntimeManager`,
@@ -12,12 +16,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from rcl_interfaces.msg import ParameterDescriptor
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.parameter import Parameter
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos_overriding_options import QoSOverridingOptions
 
 from dynamic_ofa_ros.backends import BACKENDS
 from dynamic_ofa_ros.classifier import ClassifierConfig
-from dynamic_ofa_ros.manager import ManagerConfig
+from dynamic_ofa_ros.manager import LevelSpec, ManagerConfig, RuntimeManager
 from dynamic_ofa_ros.paths import resolve_device
 
 __all__ = [
@@ -26,13 +32,15 @@ __all__ = [
     "Settings",
     "SettingsError",
     "budget_value",
+    "check_constraints",
     "descriptor",
     "dropped_overrides",
+    "image_qos",
+    "qos_overriding_options",
     "settings_from",
 ]
 
 _DEVICES = ("auto", "cpu", "cuda")
-RELIABILITIES = ("best_effort", "reliable")
 
 
 @dataclass(frozen=True)
@@ -47,6 +55,12 @@ class ParamSpec:
 
 
 PARAMETERS: tuple[ParamSpec, ...] = (
+    ParamSpec(
+        "autostart",
+        True,
+        "configure and activate at start (classify at once); false: wait unconfigured for a "
+        "lifecycle manager or `ros2 lifecycle set`",
+    ),
     ParamSpec("device", "auto", "inference device: cpu | cuda | auto (cuda when available)"),
     ParamSpec(
         "model",
@@ -98,8 +112,6 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         "onnxruntime | torch; another backend than the table's is refused",
     ),
     ParamSpec("top_k", 5, "number of classes in top_ids/top_scores (>= 1)", read_only=False),
-    ParamSpec("qos_reliability", "best_effort", "image subscription reliability: best_effort | reliable"),
-    ParamSpec("qos_depth", 1, "image subscription history depth (keep last), 1..100"),
     ParamSpec("use_compressed", False, "also subscribe <image>/compressed (sensor_msgs/CompressedImage)"),
     ParamSpec("coordination_group", "", "nodes with the same non-empty group share a device and coordinate"),
     ParamSpec(
@@ -158,8 +170,6 @@ class Settings:
     level_table: str
     check_table_device: bool
     threads: int
-    qos_reliability: str
-    qos_depth: int
     use_compressed: bool
     coordination_group: str
     coordination_timeout_s: float
@@ -207,7 +217,7 @@ def settings_from(values: dict[str, Any]) -> Settings:
     """Settings from the declared parameters' values (``{name: value}``).
 
     Raises:
-        SettingsError: a ROS-side value (device, QoS, rates) is unusable.
+        SettingsError: a ROS-side value (device, rates, limits) is unusable.
         ConstraintError: the manager's settings are (validated by :class:`ManagerConfig`).
     """
     manager = ManagerConfig(
@@ -224,8 +234,6 @@ def settings_from(values: dict[str, Any]) -> Settings:
         level_table=str(values["level_table"]).strip(),
         check_table_device=bool(values["check_table_device"]),
         threads=int(_within("threads", values["threads"], 0, 1024)),
-        qos_reliability=_choice("qos_reliability", values["qos_reliability"], RELIABILITIES),
-        qos_depth=int(_within("qos_depth", values["qos_depth"], 1, 100)),
         use_compressed=bool(values["use_compressed"]),
         coordination_group=str(values["coordination_group"]).strip(),
         coordination_timeout_s=float(values["coordination_timeout_s"]),
@@ -237,6 +245,50 @@ def settings_from(values: dict[str, Any]) -> Settings:
         manager=manager,
         backend=_choice("backend", values["backend"], ("auto", *BACKENDS)),
     )
+
+
+def check_constraints(budget_ms: object, min_accuracy: object) -> None:
+    """Check a budget / accuracy floor (ROS values, 0 = none) by the core's rules, with no model loaded.
+
+    While the node is unconfigured there is no manager to hand them to; they are applied at
+    configure, and refused now (:class:`~dynamic_ofa_ros.errors.ConstraintError`) if the manager
+    would refuse them then.
+    """
+    probe = RuntimeManager((LevelSpec(level=1, latency_ms=1.0, accuracy=0.0),))
+    probe.set_constraints(
+        latency_budget_ms=budget_value(budget_ms),  # type: ignore[arg-type]  # the core checks
+        min_accuracy=budget_value(min_accuracy),  # type: ignore[arg-type]
+    )
+
+
+def _check_qos(qos: QoSProfile) -> SetParametersResult:
+    """Refuse a keep-last depth of 0 (no history) or an absurd one from ``qos_overrides``."""
+    if qos.history == HistoryPolicy.KEEP_LAST and not 1 <= qos.depth <= 1000:
+        return SetParametersResult(successful=False, reason=f"depth {qos.depth} must be in 1..1000")
+    return SetParametersResult(successful=True)
+
+
+def image_qos() -> QoSProfile:
+    """REP-2003 sensor-data QoS for camera input, a fresh profile (``qos_overrides`` modify it).
+
+    Best effort (it matches reliable publishers too) and keep last 1: an old frame is worthless
+    to a latency-bounded classifier.
+    """
+    return QoSProfile(
+        history=HistoryPolicy.KEEP_LAST,
+        depth=1,
+        reliability=ReliabilityPolicy.BEST_EFFORT,
+        durability=DurabilityPolicy.VOLATILE,
+    )
+
+
+def qos_overriding_options() -> QoSOverridingOptions:
+    """The standard rclpy QoS parameters of one topic: history, depth, reliability (read-only).
+
+    ``qos_overrides.<resolved topic>.<publisher|subscription>.<policy>``, given at start like any
+    parameter (``-p`` or a params file) and validated when the entity is created.
+    """
+    return QoSOverridingOptions.with_default_policies(callback=_check_qos)
 
 
 def _command_line_overrides(argv: list[str], node_name: str) -> list[tuple[str, str]]:

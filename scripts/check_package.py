@@ -81,6 +81,7 @@ KNOWN_IMPORTS: dict[str, tuple[str | None, str | None]] = {
     "builtin_interfaces": ("builtin_interfaces", "ros-builtin-interfaces"),
     "rcl_interfaces": ("rcl_interfaces", "ros-rcl-interfaces"),
     "ament_index_python": ("ament_index_python", "ros-ament-index-python"),
+    "vision_msgs": ("vision_msgs", None),
     "launch": ("launch", None),
     "launch_ros": ("launch_ros", None),
 }

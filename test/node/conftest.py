@@ -175,7 +175,11 @@ class Harness:
             executor.spin()
 
     def start_node(self, name: str = "classifier", **params: Any) -> Any:
-        """Start a ClassifierNode (random weights, the session table, 1 thread) with ``params`` overrides."""
+        """Start a ClassifierNode (random weights, the session table, 1 thread) with ``params`` overrides.
+
+        Configured and activated like ``classifier_node`` with ``autostart`` (the default); with
+        ``autostart=False`` it stays unconfigured, for the lifecycle tests.
+        """
         from rclpy.parameter import Parameter
 
         from dynamic_ofa_ros.node import ClassifierNode
@@ -199,6 +203,12 @@ class Harness:
         )
         from rclpy.executors import SingleThreadedExecutor
 
+        if values.get("autostart", True):
+            try:
+                node.start()  # configure + activate, as classifier_node's main() with autostart
+            except BaseException:
+                node.destroy_node()
+                raise
         self.nodes.append(node)
         self._spin(node, SingleThreadedExecutor(context=self.context))  # as classifier_node's main()
         return node

@@ -100,9 +100,9 @@ def test_two_nodes_coordinate_under_cpu_load(
             assert status.priority == "latency" and not status.locked
         moved = [s for s in statuses if s.coordination_group == GROUP and s.previous_level]
         assert all(s.previous_level != s.level for s in moved)
-        peer_of_a = next(p for p in node_a.coordinator.peers(GROUP) if p.name == name_b)
+        peer_of_a = next(p for p in node_a.classifier.coordinator.peers(GROUP) if p.name == name_b)
         assert peer_of_a.since > 0.0 and peer_of_a.priority == "latency"
-        levels = (node_a.manager.current_level, node_b.manager.current_level)
+        levels = (node_a.classifier.manager.current_level, node_b.classifier.manager.current_level)
         assert min(levels) < len(core.table.levels)
         diag = node_a.diagnostics().status[0]
         values = {kv.key: kv.value for kv in diag.values}
@@ -115,7 +115,7 @@ def test_two_nodes_coordinate_under_cpu_load(
         assert values["coordination"] == "alone"
         count = len(predictions_a)
         waiter(lambda: len(predictions_a) > count + 5, 30.0, "model_a to keep classifying alone")
-        assert node_a.manager.status().mode in ("lut", "reactive")
+        assert node_a.classifier.manager.status().mode in ("lut", "reactive")
     finally:
         stop.set()
         thread.join()

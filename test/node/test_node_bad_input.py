@@ -61,7 +61,7 @@ def live(harness: Any, image_msg: Any, photo: np.ndarray, waiter: Any) -> Any:
                 30.0,
                 "a prediction after the bad frame",
             )
-            assert node._worker is not None and node._worker.is_alive()
+            assert node.active  # the inference thread is alive
 
     return Live()
 
@@ -77,13 +77,13 @@ def _image(width: int, height: int, step: int, encoding: str, data: bytes) -> An
 
 def test_zero_size_image(live: Any) -> None:
     live.send_bad(live.raw, _image(0, 0, 0, "rgb8", b""))
-    assert "empty" in live.node._last_error
+    assert "empty" in live.node.last_error
     live.check_alive()
 
 
 def test_step_times_height_mismatch(live: Any) -> None:
     live.send_bad(live.raw, _image(32, 24, 32 * 3, "rgb8", bytes(32 * 3 * 24 - 5)))
-    assert "step*height" in live.node._last_error
+    assert "step*height" in live.node.last_error
     live.send_bad(live.raw, _image(32, 24, 10, "rgb8", bytes(10 * 24)))  # step < width * channels
     live.check_alive()
 
@@ -91,7 +91,7 @@ def test_step_times_height_mismatch(live: Any) -> None:
 def test_8000x8000_image(live: Any) -> None:
     """A real 8000x8000 mono8 frame (64 MB) crosses DDS and is refused before conversion."""
     live.send_bad(live.raw, _image(8000, 8000, 8000, "mono8", bytes(8000 * 8000)))
-    assert "MP" in live.node._last_error
+    assert "MP" in live.node.last_error
     live.check_alive()
 
 
@@ -120,7 +120,7 @@ def test_corrupted_jpeg(live: Any, photo: np.ndarray) -> None:
 )
 def test_unsupported_encoding(live: Any, encoding: str) -> None:
     live.send_bad(live.raw, _image(16, 8, 16 * 4, encoding, bytes(16 * 4 * 8)))
-    assert "not supported" in live.node._last_error
+    assert "not supported" in live.node.last_error
     live.check_alive()
 
 
@@ -149,11 +149,19 @@ def test_bad_budget_and_level_requests(harness: Any, core: Any) -> None:
         assert not response.accepted
         assert f"1..{n}" in response.message
         assert response.level == n
-    assert node.manager.status().mode != "manual"
+    assert node.classifier.manager.status().mode != "manual"
     assert node.classifier.current_level == n
 
 
 # ----------------------------------------------------------------------------------- start-up
+
+
+def _start(node: Any) -> None:
+    """Configure + activate ``node`` as classifier_node's main() does; destroy it afterwards."""
+    try:
+        node.start()
+    finally:
+        node.destroy_node()
 
 
 def test_level_table_not_matching_model(rclpy_context: Any, core: Any) -> None:
@@ -165,15 +173,17 @@ def test_level_table_not_matching_model(rclpy_context: Any, core: Any) -> None:
 
     other = load_supernet("random:1", allow_random=True)
     with pytest.raises(StartupError) as info:
-        ClassifierNode(
-            node_name="mismatch",
-            context=rclpy_context,
-            parameter_overrides=[
-                Parameter("model", value="random:1"),
-                Parameter("level_table", value=str(core.table_path)),
-                Parameter("device", value="cpu"),
-            ],
-            supernet=other,
+        _start(
+            ClassifierNode(
+                node_name="mismatch",
+                context=rclpy_context,
+                parameter_overrides=[
+                    Parameter("model", value="random:1"),
+                    Parameter("level_table", value=str(core.table_path)),
+                    Parameter("device", value="cpu"),
+                ],
+                supernet=other,
+            )
         )
     message = str(info.value)
     assert str(core.table_path) in message
@@ -201,26 +211,28 @@ def test_level_table_of_other_device(rclpy_context: Any, core: Any, harness: Any
     accept = [Parameter("check_table_device", value=False)]
     for extra, expected in (([], "profiled on 'cuda'"), (accept, "lut")):
         with pytest.raises(StartupError) as info:
-            ClassifierNode(
-                node_name="other_device",
-                context=rclpy_context,
-                parameter_overrides=[
-                    Parameter("model", value="random"),
-                    Parameter("level_table", value=str(gpu_table)),
-                    Parameter("device", value="cpu"),
-                    Parameter("mode", value="lut"),
-                    *extra,
-                ],
-                supernet=core.supernet,
+            _start(
+                ClassifierNode(
+                    node_name="other_device",
+                    context=rclpy_context,
+                    parameter_overrides=[
+                        Parameter("model", value="random"),
+                        Parameter("level_table", value=str(gpu_table)),
+                        Parameter("device", value="cpu"),
+                        Parameter("mode", value="lut"),
+                        *extra,
+                    ],
+                    supernet=core.supernet,
+                )
             )
         assert expected in str(info.value)
         assert str(gpu_table) in str(info.value)
 
     node = harness.start_node("other_device_ok", level_table=str(gpu_table), check_table_device=False)
-    assert node.manager.mode == "reactive"
-    assert node.manager.status().mode == "reactive"
-    assert node.table.device == "cuda"
-    assert node.engine.threads == 1  # the node's threads parameter, not the GPU host's 16
+    assert node.classifier.manager.mode == "reactive"
+    assert node.classifier.manager.status().mode == "reactive"
+    assert node.classifier.table.device == "cuda"
+    assert node.classifier.engine.threads == 1  # the node's threads parameter, not the GPU host's 16
 
 
 def test_invalid_parameter_at_start(rclpy_context: Any, core: Any) -> None:
@@ -230,15 +242,17 @@ def test_invalid_parameter_at_start(rclpy_context: Any, core: Any) -> None:
 
     for name, value in (("mode", "fastest"), ("device", "tpu"), ("window_size", 0)):
         with pytest.raises(StartupError) as info:
-            ClassifierNode(
-                node_name="badparam",
-                context=rclpy_context,
-                parameter_overrides=[
-                    Parameter("model", value="random"),
-                    Parameter("level_table", value=str(core.table_path)),
-                    Parameter(name, value=value),
-                ],
-                supernet=core.supernet,
+            _start(
+                ClassifierNode(
+                    node_name="badparam",
+                    context=rclpy_context,
+                    parameter_overrides=[
+                        Parameter("model", value="random"),
+                        Parameter("level_table", value=str(core.table_path)),
+                        Parameter(name, value=value),
+                    ],
+                    supernet=core.supernet,
+                )
             )
         assert name in str(info.value)
 

@@ -87,7 +87,7 @@ def test_set_level_manual_and_back(harness: Any, core: Any) -> None:
     response, _ = harness.call(clients["level"], SetLevel.Request(level=0))
     assert response.accepted and response.level == n, response.message
     assert node.classifier.current_level == n
-    assert node.manager.status().mode != "manual"
+    assert node.classifier.manager.status().mode != "manual"
 
 
 def test_set_constraints_selects_level(harness: Any, core: Any) -> None:
@@ -112,7 +112,7 @@ def test_set_constraints_selects_level(harness: Any, core: Any) -> None:
     )
     assert response.accepted and response.level == 1
     assert "accuracy" in response.message
-    assert node.manager.status().unmet in ("accuracy", "both")
+    assert node.classifier.manager.status().unmet in ("accuracy", "both")
     # no budget (0): most accurate level again, reported as budget 0
     response, _ = harness.call(clients["constraints"], SetConstraints.Request(latency_budget_ms=0.0))
     assert response.accepted and response.level == n
@@ -132,14 +132,14 @@ def test_set_constraints_rejects_bad_values(harness: Any, core: Any, budget: flo
     good = core.table.levels[1].latency_ms * 1.05
     response, _ = harness.call(clients["constraints"], SetConstraints.Request(latency_budget_ms=good))
     assert response.accepted and response.level == 2
-    before = node.manager.status()
+    before = node.classifier.manager.status()
     response, _ = harness.call(
         clients["constraints"], SetConstraints.Request(latency_budget_ms=budget, min_accuracy=accuracy)
     )
     assert not response.accepted
     assert response.message
     assert response.level == 2
-    after = node.manager.status()
+    after = node.classifier.manager.status()
     assert (after.budget_ms, after.min_accuracy, after.level) == (before.budget_ms, before.min_accuracy, 2)
     assert _get_params(harness, clients, "latency_budget_ms", "min_accuracy") == pytest.approx(
         [good, 0.0], rel=1e-6
@@ -154,7 +154,7 @@ def test_param_set_behaves_like_service(harness: Any, core: Any) -> None:
     result = _set_param(harness, clients, "latency_budget_ms", (lat[0] + lat[1]) / 2)
     assert result.successful, result.reason
     assert node.classifier.current_level == 1
-    assert node.manager.status().budget_ms == pytest.approx((lat[0] + lat[1]) / 2)
+    assert node.classifier.manager.status().budget_ms == pytest.approx((lat[0] + lat[1]) / 2)
     # an integer value (as `ros2 param set ... 500` sends it) is accepted too
     result = _set_param(harness, clients, "latency_budget_ms", int(lat[-1] * 3) + 1)
     assert result.successful, result.reason
@@ -164,12 +164,12 @@ def test_param_set_behaves_like_service(harness: Any, core: Any) -> None:
         assert not result.successful and result.reason
     result = _set_param(harness, clients, "min_accuracy", 150.0)
     assert not result.successful and result.reason
-    assert node.manager.status().budget_ms == pytest.approx(int(lat[-1] * 3) + 1)
+    assert node.classifier.manager.status().budget_ms == pytest.approx(int(lat[-1] * 3) + 1)
     # min_accuracy alone keeps the budget
     result = _set_param(harness, clients, "min_accuracy", 65.0)
     assert result.successful, result.reason
-    assert node.manager.status().min_accuracy == 65.0
-    assert node.manager.status().budget_ms == pytest.approx(int(lat[-1] * 3) + 1)
+    assert node.classifier.manager.status().min_accuracy == 65.0
+    assert node.classifier.manager.status().budget_ms == pytest.approx(int(lat[-1] * 3) + 1)
     # read-only parameters cannot be changed at runtime
     result = _set_param(harness, clients, "window_size", 3)
     assert not result.successful

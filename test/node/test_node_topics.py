@@ -115,8 +115,8 @@ def test_compressed_jpeg_and_png(harness: Any, core: Any, photo: np.ndarray, wai
     """``<image>/compressed``: PNG equals the raw image's result; JPEG equals the core on the decoded JPEG."""
     from sensor_msgs.msg import CompressedImage
 
+    from dynamic_ofa_ros.image_input import decode_compressed
     from dynamic_ofa_ros.msg import Prediction
-    from dynamic_ofa_ros.preprocess import decode_compressed
 
     node = harness.start_node(use_compressed=True)
     _pin_level(harness, node, 2)
@@ -222,7 +222,7 @@ def test_latest_frame_policy_at_60fps(harness: Any, photo: np.ndarray, image_msg
 
     from dynamic_ofa_ros.msg import ManagerStatus, Prediction
 
-    node = harness.start_node(qos_depth=1)
+    node = harness.start_node()  # keep last 1 (the default image QoS)
     n = len(harness.core.table.levels)
     _pin_level(harness, node, n)  # the slowest level: well below 60 fps on this CPU
     ns = node.get_fully_qualified_name()
@@ -242,10 +242,10 @@ def test_latest_frame_policy_at_60fps(harness: Any, photo: np.ndarray, image_msg
         if delay > 0:
             time.sleep(delay)
     last = published[-1]
-    processed_at_stop = node.manager.status().frames  # counted in the node: no transport delay
+    processed_at_stop = node.classifier.manager.status().frames  # counted in the node: no transport delay
     waiter(lambda: any(_stamp_ns(p) == last for p in predictions), 30.0, "the last frame's prediction")
     time.sleep(1.0)  # anything still queued would be processed now
-    after_stop = node.manager.status().frames - processed_at_stop
+    after_stop = node.classifier.manager.status().frames - processed_at_stop
     assert after_stop <= 2, f"{after_stop} frames processed after the stream stopped: a backlog"
     assert len(predictions) < len(published)
     stamps = [_stamp_ns(p) for p in predictions]
@@ -295,7 +295,7 @@ def test_diagnostics_warn_when_publishers_send_no_frames(
     status = node.diagnostics().status[0]
     assert status.level == DiagnosticStatus.WARN
     assert "no frame received" in status.message and "fastdds_large_frames.xml" in status.message
-    assert "qos_reliability" in status.message
+    assert f"qos_overrides.{harness.namespace}/image.subscription.reliability:=reliable" in status.message
     assert {kv.key: kv.value for kv in status.values}["frames_received"] == "0"
     _send_and_wait(harness, pub, image_msg(photo), predictions, waiter)
     waiter(lambda: not node.input_warning, 10.0, "the warning to clear after a frame")

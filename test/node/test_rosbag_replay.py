@@ -87,7 +87,7 @@ def test_rosbag_replay_matches_core(
     messages = read_image_bag(bag, "/camera/image_raw")
     assert [ts for ts, _ in messages] == [start_ns + i * 200_000_000 for i in range(len(images))]
 
-    node = harness.start_node("replay", qos_reliability="best_effort", **params)
+    node = harness.start_node("replay", **params)
     predictions = harness.collect(Prediction, f"{node.get_fully_qualified_name()}/prediction")
     pub = harness.publisher(Image, f"{harness.namespace}/image", reliable=True, depth=10)
     player = BagPlayer(harness.probe, pub, messages, rate=1.0, loop=False, restamp=False)
