@@ -12,8 +12,9 @@ measures only what is missing. Each record carries what its number depends on â€
 SHA-256, the calibration and validation sources' names and image counts, the backend (torch
 version, device kind, dtype, batch size) â€” and a file is only ever extended by measurements with
 the same identity (:class:`RecordsMismatchError` otherwise), so records are never mixed across
-models or datasets. Records are written in a fixed order (earlier records first, then the plan's
-order), not in completion order, so the file does not depend on the executor.
+models or datasets. Records are written in a fixed order (records of other lists first, then this
+list's order), not in completion order, so the file depends neither on the executor nor on
+interruptions.
 """
 
 from __future__ import annotations
@@ -140,10 +141,13 @@ class AccuracyRecords:
             self._order.append(str(rec["key"]))
 
     def plan(self, cfgs: Iterable[SubnetConfig]) -> None:
-        """Fix where the records of ``cfgs`` go: after the file's, in the given order."""
-        for cfg in cfgs:
-            if cfg.key() not in self.records and cfg.key() not in self._order:
-                self._order.append(cfg.key())
+        """Fix the file order: records of other plans first (as they were), then ``cfgs`` in order.
+
+        So a run that was interrupted and resumed writes the same file as one that was not.
+        """
+        keys = list(dict.fromkeys(cfg.key() for cfg in cfgs))
+        planned = set(keys)
+        self._order = [k for k in self._order if k not in planned] + keys
 
     def add(self, result: CandidateResult, *, predicted: float | None = None) -> dict[str, Any]:
         """Record ``result`` and rewrite the file; returns the record."""
@@ -161,7 +165,8 @@ class AccuracyRecords:
         if predicted is not None:
             rec["predicted_top1"] = round(float(predicted), 4)
         self.records[result.key] = rec
-        self.plan([result.config])
+        if result.key not in self._order:
+            self._order.append(result.key)
         self.write()
         return rec
 
