@@ -177,3 +177,32 @@ def test_cache_entries_follow_bn_backend_version_and_corruption(
     np.testing.assert_allclose(
         repaired.infer(frame, level=1).probs, first.infer(frame, level=1).probs, atol=1e-6
     )
+
+
+def test_openvino_blobs_are_verified_and_replaced(
+    rand: Supernet, table: LevelTable, for_backend: Relabel, frame: np.ndarray
+) -> None:
+    """The compiled blob beside model.onnx: reused when intact, recompiled when corrupt."""
+    if not backends.installed("openvino"):
+        pytest.skip("openvino is not installed")
+    from dynamic_ofa_ros.backends.openvino import blob_path
+
+    relabelled = for_backend(table, "openvino")
+    first = LevelEngine(rand, relabelled, threads=1, warmup=0)
+    onnx = first.runner(1).onnx
+    assert onnx is not None
+    blob = blob_path(onnx, backends.CompileOptions(threads=1))
+    assert blob.is_file() and blob.with_suffix(".json").is_file()
+    assert blob_path(onnx, backends.CompileOptions(threads=2)) != blob  # properties are part of the name
+    written = blob.stat().st_mtime_ns
+    warm = LevelEngine(rand, relabelled, threads=1, warmup=0)
+    assert blob.stat().st_mtime_ns == written  # imported, not compiled and written again
+    np.testing.assert_array_equal(warm.infer(frame, level=1).probs, first.infer(frame, level=1).probs)
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    repaired = LevelEngine(rand, relabelled, threads=1, warmup=0)
+    assert blob.read_bytes() != bytes(data)  # a fresh compile replaced the corrupt blob
+    np.testing.assert_allclose(
+        repaired.infer(frame, level=1).probs, first.infer(frame, level=1).probs, atol=1e-6
+    )
