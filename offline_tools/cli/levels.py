@@ -182,7 +182,8 @@ def run_search(request: SearchRequest) -> LevelTable | None:
     check_out(request.report, ".json", "--report")
     check_out(request.plot, ".png", "--plot")
     table = load_latency_table(request.latency_table)
-    model = load_model(request.model) if request.model.model else None
+    on_driver = "cpu" if request.executor.parallel else None
+    model = load_model(request.model, device=on_driver) if request.model.model else None
     accuracy = accuracy_source(
         request.accuracy,
         model,

@@ -97,7 +97,7 @@ def run_measure(request: MeasureRequest) -> MeasureSummary:
     check_out(request.out, ".json", "--out")
     check_out(request.plot, ".png", "--plot")
     check_out(request.summary, ".json", "--summary")
-    model = load_model(request.model)
+    model = load_model(request.model, device="cpu" if request.executor.parallel else None)
     if not model.meaningful_accuracy:
         raise UsageError("measuring accuracy needs real weights, not a random super-network")
     cfgs, predicted = _architectures(request, request.space, model.resolutions)

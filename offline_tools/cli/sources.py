@@ -44,11 +44,17 @@ def device_label(explicit: str | None, table: LatencyTable) -> str:
     return Path(str(table.name)).name or "device"
 
 
-def load_model(options: ModelOptions) -> Supernet:
-    """The super-network of ``--model`` on ``--torch-device``."""
+def load_model(options: ModelOptions, *, device: str | None = None) -> Supernet:
+    """The super-network of ``--model`` on ``device`` (default ``--torch-device``).
+
+    With a parallel executor the driver keeps it on the CPU (``device="cpu"``): the workers put
+    the sub-networks on their own GPUs, and the driver needs none.
+    """
     if not options.model:
         raise UsageError("give --model (embedded, ofa_zoo, a checkpoint path, or random with --allow-random)")
-    return load_supernet(options.model, device=options.torch_device, allow_random=options.allow_random)
+    return load_supernet(
+        options.model, device=device or options.torch_device, allow_random=options.allow_random
+    )
 
 
 def image_set(options: ImageOptions | None, *, flag: str, progress: bool) -> ImageSet:
