@@ -4,7 +4,9 @@ Compiled with ``PERFORMANCE_HINT=LATENCY`` (one stream), ``INFERENCE_NUM_THREADS
 engine's thread count and ``INFERENCE_PRECISION_HINT=f32``: the plugin's default precision is
 bf16 on CPUs with AMX/avx512_bf16, which would make the same table run at another precision
 on another machine. One infer request per level, guarded by a lock (a request is not
-re-entrant); the input array is shared with the request, not copied.
+re-entrant), with its input bound once to a NumPy buffer that each call copies the frame into
+(cheaper than wrapping every frame in a new tensor: ~60 us less per call measured on a 2-core
+EPYC) and its output tensor kept.
 
 **Compiled blobs.** Compiling an ONNX file takes 0.2-0.5 s per level; importing the plugin's
 compiled blob about a third of that. The blob is specific to the OpenVINO version, the CPU
@@ -104,12 +106,14 @@ class OpenVINOLevel:
     def __init__(self, model_path: str, options: CompileOptions) -> None:
         import openvino
 
-        self._tensor = openvino.Tensor
         self._compiled = _compile(model_path, options)
         actual = self._compiled.get_property("INFERENCE_PRECISION_HINT")  # an openvino.Type
         if actual != getattr(openvino.Type, _PRECISIONS[options.precision]):
             raise RuntimeError(f"OpenVINO compiled {model_path} in {actual}, not {options.precision}")
         self._request = self._compiled.create_infer_request()
+        self._input = np.zeros(tuple(self._compiled.input(0).shape), dtype=np.float32)
+        self._request.set_input_tensor(openvino.Tensor(self._input, shared_memory=True))
+        self._output = self._request.get_output_tensor()
         self._lock = threading.Lock()
         self._threads = int(self._compiled.get_property("INFERENCE_NUM_THREADS"))
         self._precision: str = options.precision
@@ -132,11 +136,12 @@ class OpenVINOLevel:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Probabilities ``(n_classes,)`` for one (1, 3, r, r) float32 input."""
-        x = np.ascontiguousarray(x, dtype=np.float32)  # shared with the request: must be C-contiguous
+        if x.shape != self._input.shape:
+            raise ValueError(f"input of shape {x.shape}; this level takes {self._input.shape}")
         with self._lock:
-            self._request.set_input_tensor(self._tensor(x, shared_memory=True))
+            np.copyto(self._input, x)
             self._request.infer()
-            return np.array(self._request.get_output_tensor().data[0], dtype=np.float32)
+            return np.array(self._output.data[0], dtype=np.float32)
 
 
 def compile_level(model_path: str, options: CompileOptions) -> OpenVINOLevel:
