@@ -135,6 +135,7 @@ class ClassifierNode(LifecycleNode):
         self._lock = threading.RLock()  # constraints, status publishing
         self._peer_errors = 0
         self._closed = False
+        self._starting = False
         self.finalized = False
         #: why the last configure or activate failed ("" when it did not)
         self.transition_error = ""
@@ -166,10 +167,17 @@ class ClassifierNode(LifecycleNode):
         return FramePipeline(f"{self.get_name()}-inference", self.get_logger(), self.context.ok)
 
     def start(self) -> None:
-        """Configure and activate (what ``autostart`` does); :class:`StartupError` with the reason."""
-        for trigger in (self.trigger_configure, self.trigger_activate):
-            if trigger() != _SUCCESS:
-                raise StartupError(self.transition_error or f"{trigger.__name__} failed")
+        """Configure and activate (what ``autostart`` does); :class:`StartupError` with the reason.
+
+        The reason is left to the caller to report (``main()``: one FATAL line), not logged here.
+        """
+        self._starting = True
+        try:
+            for trigger in (self.trigger_configure, self.trigger_activate):
+                if trigger() != _SUCCESS:
+                    raise StartupError(self.transition_error or f"{trigger.__name__} failed")
+        finally:
+            self._starting = False
 
     # ------------------------------------------------------------------------------ lifecycle
 
@@ -263,7 +271,7 @@ class ClassifierNode(LifecycleNode):
         self.transition_error = reason
         if transition == "configure":
             self._release()
-        if self.context.ok():  # a signal while loading is a clean stop, not an error
+        if self.context.ok() and not self._starting:  # a signal while loading is a clean stop
             self.get_logger().error(f"cannot {transition}: {reason}")
         return _FAILURE
 
