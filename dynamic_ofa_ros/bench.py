@@ -33,6 +33,8 @@ held with ``set_level``). Measured, all in the same process:
   minus that frame's ``inference_ms`` (so it includes the manager's bookkeeping of the frame);
   ``switch_call_us_p50``: the ``set_level()`` call alone;
 * ``manager_overhead_us_p50/p99``: one ``RuntimeManager.observe`` call;
+* ``load_average`` of the machine at the start and the end (timings on a busy machine are slower);
+* every per-level timer once per round, in a shuffled order;
 * ``memory_mb`` per level and total (a compiled level: its ONNX file); on CUDA (or with
   ``--reference``) the reference
   design: switching by ``set_active_subnet`` + loading BN into the super-network, and
@@ -51,6 +53,7 @@ import datetime
 import functools
 import importlib.metadata
 import json
+import os
 import platform
 import random
 import sys
@@ -310,11 +313,18 @@ def _level_onnx(engine: LevelEngine, supernet: Supernet, level: int) -> Path | N
 
 
 def _interleaved(timers: dict[str, Callable[[], float]], opts: BenchOptions) -> dict[str, list[float]]:
-    """Each timer once per round, ``warmup`` untimed rounds first: all see the same load."""
+    """Each timer once per round in a shuffled order, ``warmup`` untimed rounds first.
+
+    All timers see the same load, and none always runs right after the same other one (a
+    runtime that follows torch's large eager run finds its weights evicted from the caches).
+    """
     times: dict[str, list[float]] = {name: [] for name in timers}
+    order = list(timers)
+    shuffle = random.Random(4).shuffle
     for i in range(opts.warmup + opts.iterations):
-        for name, timer in timers.items():
-            ms = timer()
+        shuffle(order)
+        for name in order:
+            ms = timers[name]()
             if i >= opts.warmup:
                 times[name].append(ms)
     return times
@@ -486,6 +496,7 @@ def _measure_switching(classifier: DynamicClassifier, image: np.ndarray, switche
 def run_bench(options: BenchOptions | None = None) -> dict[str, Any]:
     """Run the benchmark and return the JSON-ready result (see the module docstring)."""
     opts = options if options is not None else BenchOptions()
+    load_before = _load_average()
     if opts.threads is not None:
         torch.set_num_threads(int(opts.threads))
     supernet = load_supernet(opts.model, device="cpu", allow_random=opts.allow_random)
@@ -559,7 +570,16 @@ def run_bench(options: BenchOptions | None = None) -> dict[str, Any]:
             "switch_ms_p99": result["switch_ms_p99"],
         }
     result["targets"] = _targets(result, per_level, dev)
+    result["load_average"] = {"start": load_before, "end": _load_average()}
     return result
+
+
+def _load_average() -> list[float] | None:
+    """The OS's 1/5/15-minute load averages: other processes on the cores make every timing slower."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def _backend_fields(engine: LevelEngine) -> dict[str, Any]:

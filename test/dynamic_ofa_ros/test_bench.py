@@ -73,6 +73,7 @@ TOP_FIELDS = {
     "libraries",
     "warnings",
     "startup_s",
+    "load_average",
 }
 
 
