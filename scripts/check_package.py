@@ -15,9 +15,14 @@
   And every declared runtime dependency (package.xml ``<depend>``/``<exec_depend>``, setup.py,
   requirements.txt, requirements-system-ros.txt) is imported somewhere, is an interface
   dependency of msg/srv, or is in :data:`NOT_IMPORTED` with the reason it is needed anyway.
+* A system-ROS user can install every dependency: each ``package.xml`` key resolves, offline, in a
+  snapshot of rosdep's database (``$DOFA_SHARED/rosdistro``, default ``../shared/rosdistro``) for
+  every distro in :data:`SUPPORTED_DISTROS` on its Ubuntu release (a ROS package released in the
+  distro, or a rule of ``rosdep/*.yaml``), and what is claimed to have no key (requirements-system-
+  ros.txt, KNOWN_IMPORTS without a key) has none. Skipped, with the reason, without the snapshot.
 
 Prints the problems and exits 1 if there are any. Uses only the standard library (+ optional
-catkin_pkg), so it runs without a build.
+catkin_pkg, + PyYAML for the rosdep files), so it runs without a build.
 """
 
 from __future__ import annotations
@@ -69,9 +74,9 @@ KNOWN_IMPORTS: dict[str, tuple[str | None, str | None]] = {
     "safetensors": (None, "safetensors"),
     "openvino": (None, "openvino"),
     "onnxruntime": ("python3-onnxruntime-pip", "onnxruntime"),
-    "gdown": (None, "gdown"),
-    "rosbags": (None, "rosbags"),
-    "skimage": (None, "scikit-image"),
+    "gdown": ("python3-gdown-pip", "gdown"),
+    "rosbags": ("python3-rosbags-pip", "rosbags"),
+    "skimage": ("python3-skimage", "scikit-image"),
     "ray": (None, "ray"),
     "rclpy": ("rclpy", "ros-rclpy"),
     "std_msgs": ("std_msgs", "ros-std-msgs"),
@@ -91,6 +96,7 @@ KNOWN_IMPORTS: dict[str, tuple[str | None, str | None]] = {
 NOT_IMPORTED: dict[str, str] = {
     # needed by `ofa`, which does not declare it
     "gdown": "ofa.model_zoo imports it; ofa_compat probes it with importlib and installs a stand-in",
+    "python3-gdown-pip": "the same, for rosdep (package.xml)",
     # needed by torch, which does not declare it
     "onnx": "torch.onnx.export (dynamic_ofa_ros/backends/export.py) imports it to write the file",
     # ROS run time, loaded by rclpy / the ros2 command rather than imported
@@ -472,6 +478,145 @@ def check_declared_are_imported(
     return problems
 
 
+# --- rosdep resolution, offline ----------------------------------------------------------------
+
+# The distros this package supports, each with the Ubuntu release its binaries are built for.
+# Humble (Ubuntu jammy, Python 3.10) is not supported: the code needs Python >= 3.11.
+SUPPORTED_DISTROS = {"jazzy": "noble", "kilted": "noble"}
+ROSDEP_FILES = ("rosdep/base.yaml", "rosdep/python.yaml")
+# The installers rosdep knows, as they appear in its YAML (an OS entry is a list of apt packages,
+# a mapping of releases, or a mapping of installers).
+ROSDEP_INSTALLERS = {
+    "apt",
+    "pip",
+    "source",
+    "gem",
+    "npm",
+    "dnf",
+    "yum",
+    "homebrew",
+    "macports",
+    "nix",
+    "pacman",
+}
+
+
+@dataclass
+class RosdepDatabase:
+    """What ``rosdep resolve`` would read: the rosdep rules and the packages each distro released."""
+
+    rules: dict[str, object]
+    released: dict[str, set[str]]  # distro -> ROS package names
+
+    def pip_keys(self) -> dict[str, str]:
+        """Normalised pip package name -> a rosdep key that pip-installs it on Ubuntu (or any OS).
+
+        Where several keys do, a ``python3-`` one wins over the Python 2 era ``python-`` names.
+        """
+        found: dict[str, str] = {}
+        for key, rule in sorted(self.rules.items(), key=lambda item: not item[0].startswith("python3-")):
+            if not isinstance(rule, dict):
+                continue
+            for os_rule in (rule.get("ubuntu"), rule.get("*")):
+                entries = os_rule.values() if isinstance(os_rule, dict) else ()
+                for entry in (os_rule, *entries):
+                    pip = entry.get("pip") if isinstance(entry, dict) else None
+                    for name in pip.get("packages", []) if isinstance(pip, dict) else []:
+                        found.setdefault(normalize(str(name)), key)
+        return found
+
+
+def load_rosdistro(path: Path, distros: Iterable[str] = SUPPORTED_DISTROS) -> RosdepDatabase:
+    """Read the rosdep YAML files and the distros' ``distribution.yaml`` below ``path``.
+
+    Args:
+        path: a snapshot of ``ros/rosdistro`` (``rosdep/*.yaml``, ``<distro>/distribution.yaml``).
+        distros: the distros whose released packages are read.
+
+    Returns:
+        The rules (the files merged, later files adding keys) and the released package names.
+    """
+    import yaml  # PyYAML (requirements.txt); only this check needs it
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    rules: dict[str, object] = {}
+    for name in ROSDEP_FILES:
+        rules.update(yaml.load((path / name).read_text(encoding="utf-8"), Loader=loader) or {})
+    released: dict[str, set[str]] = {}
+    for distro in distros:
+        data = yaml.load((path / distro / "distribution.yaml").read_text(encoding="utf-8"), Loader=loader)
+        names: set[str] = set()
+        for repo, spec in (data.get("repositories") or {}).items():
+            release = spec.get("release") if isinstance(spec, dict) else None
+            if isinstance(release, dict) and release.get("version"):
+                names.update(release.get("packages") or [repo])  # no list: the repository's name
+        released[distro] = names
+    return RosdepDatabase(rules=rules, released=released)
+
+
+def resolve_rosdep_key(db: RosdepDatabase, key: str, distro: str, codename: str) -> str | None:
+    """How ``key`` installs on Ubuntu ``codename`` for ``distro``; None when rosdep cannot resolve it.
+
+    A ROS package resolves when ``distro`` released it; any other key through its rule for
+    Ubuntu (or ``*``, any OS), then for ``codename`` (or ``*``) when the rule lists releases,
+    as rosdep does. A ``null`` there means "not available".
+    """
+    if key in db.released.get(distro, set()):
+        return f"ROS package released in {distro}"
+    rule = db.rules.get(key)
+    if not isinstance(rule, dict):
+        return None
+    entry = rule.get("ubuntu", rule.get("*"))
+    if isinstance(entry, dict) and not entry.keys() & ROSDEP_INSTALLERS:
+        entry = entry.get(codename, entry.get("*"))
+    if not entry:
+        return None
+    if isinstance(entry, dict):
+        installer = next(iter(sorted(entry.keys() & ROSDEP_INSTALLERS)), None)
+        packages = entry.get(installer) if installer else None
+        packages = packages.get("packages") if isinstance(packages, dict) else packages
+        return f"{installer}: {' '.join(map(str, packages or []))}" if installer and packages else None
+    return f"apt: {entry if isinstance(entry, str) else ' '.join(map(str, entry))}"
+
+
+def check_rosdep(info: PackageInfo | None, db: RosdepDatabase, root: Path = ROOT) -> list[str]:
+    """Every ``package.xml`` key resolves for every supported distro; the no-key lists are true.
+
+    "No key" is claimed by :data:`KNOWN_IMPORTS` entries without a rosdep key and by every line
+    of requirements-system-ros.txt: no rosdep rule may install that pip package, or be named
+    ``python3-<name>`` / ``python3-<name>-pip`` (after the pip name or the import name).
+    """
+    problems: list[str] = []
+    for key in sorted(info.all_deps() if info else ()):
+        for distro, codename in SUPPORTED_DISTROS.items():
+            if resolve_rosdep_key(db, key, distro, codename) is None:
+                problems.append(
+                    f"package.xml: {key} does not resolve for {distro} (Ubuntu {codename}): neither a "
+                    "package released in the distro nor a rosdep key with a rule for that release"
+                )
+    pip_keys = db.pip_keys()
+    claims = {normalize(pip): module for module, (key, pip) in KNOWN_IMPORTS.items() if pip and not key}
+    claims.update(dict.fromkeys(_read_requirements(root, SYSTEM_ROS_REQUIREMENTS) - set(claims), ""))
+    for pip, module in sorted(claims.items()):
+        names = {pip, normalize(module)} - {""}
+        candidates = [f"python3-{n}{suffix}" for n in sorted(names) for suffix in ("", "-pip")]
+        existing = next((c for c in candidates if c in db.rules), None) or pip_keys.get(pip)
+        if existing is not None:
+            problems.append(
+                f"{pip} has the rosdep key {existing}: declare <exec_depend>{existing}</exec_depend> in "
+                f"package.xml (and in KNOWN_IMPORTS) instead of listing it in {SYSTEM_ROS_REQUIREMENTS}"
+            )
+    return problems
+
+
+def shared_rosdistro() -> Path:
+    """``$DOFA_SHARED/rosdistro`` (default ``<repo>/../shared/rosdistro``)."""
+    import os
+
+    shared = os.environ.get("DOFA_SHARED", "").strip()
+    return (Path(shared) if shared else ROOT.parent / "shared") / "rosdistro"
+
+
 def run_checks(root: Path = ROOT) -> list[str]:
     """Every check above on the package at ``root``; the problems found."""
     problems: list[str] = []
@@ -482,6 +627,11 @@ def run_checks(root: Path = ROOT) -> list[str]:
     problems += check_cmake(info, root)
     problems += check_imports(info, root)
     problems += check_declared_are_imported(info, root)
+    rosdistro = shared_rosdistro()
+    if rosdistro.is_dir():
+        problems += check_rosdep(info, load_rosdistro(rosdistro), root)
+    else:
+        print(f"check_package: rosdep resolution skipped: {rosdistro} not found (set DOFA_SHARED)")
     return problems
 
 
@@ -493,6 +643,9 @@ def main() -> int:
     if problems:
         return 1
     print("check_package: package.xml, CMakeLists.txt and declared dependencies (both directions) OK")
+    if shared_rosdistro().is_dir():
+        distros = ", ".join(f"{d} (Ubuntu {c})" for d, c in SUPPORTED_DISTROS.items())
+        print(f"check_package: every package.xml dependency resolves in rosdep for {distros}")
     return 0
 
 

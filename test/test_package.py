@@ -209,6 +209,116 @@ def test_checker_reports_declared_but_unused(checker: ModuleType, tmp_path: Path
     assert "NOT_IMPORTED: gdown is imported now; remove it from the allow-list" in found
 
 
+# --- rosdep: what a system-ROS user installs ---------------------------------------------------
+
+
+def test_every_dependency_resolves_in_rosdep_for_jazzy_and_kilted(
+    checker: ModuleType, shared_dir: Path
+) -> None:
+    rosdistro = shared_dir / "rosdistro"
+    if not rosdistro.is_dir():
+        pytest.skip(f"{rosdistro} not found (snapshot of rosdep's database)")
+    db = checker.load_rosdistro(rosdistro)
+    problems: list[str] = []
+    info = checker.parse_package_xml(REPO_ROOT / "package.xml", problems)
+    assert checker.check_rosdep(info, db) == []
+    assert set(checker.SUPPORTED_DISTROS) == {"jazzy", "kilted"}
+    for distro in ("jazzy", "kilted"):  # how a few of them resolve on noble
+        resolve = lambda key, d=distro: checker.resolve_rosdep_key(db, key, d, "noble")  # noqa: E731
+        assert resolve("rclpy") == f"ROS package released in {distro}"
+        assert resolve("vision_msgs") == f"ROS package released in {distro}"
+        assert resolve("python3-torch") == "apt: python3-torch"
+        assert resolve("python3-rosbags-pip") == "pip: rosbags"
+        assert resolve("python3-onnxruntime-pip") == "pip: onnxruntime"
+        assert resolve("no_such_package_or_key") is None
+    # what requirements-system-ros.txt lists has no key: openvino, safetensors, ofa, ray, onnx
+    listed = checker.requirement_names(REPO_ROOT / "requirements-system-ros.txt")
+    assert {"ofa", "safetensors", "openvino", "ray"} <= listed
+    assert not listed & {"rosbags", "scikit-image", "onnxruntime", "gdown"}
+    pip_keys = db.pip_keys()
+    assert not listed & set(pip_keys), {name: pip_keys[name] for name in listed & set(pip_keys)}
+
+
+def test_rosdep_resolution_rules(checker: ModuleType, tmp_path: Path) -> None:
+    """rosdep's rule forms: OS lists, release maps with '*' and null, installer maps, any-OS rules."""
+    (tmp_path / "rosdep").mkdir()
+    (tmp_path / "rosdep" / "base.yaml").write_text(
+        """
+plain: {ubuntu: [libplain], debian: [libplain]}
+by_release: {ubuntu: {jammy: [old-pkg], noble: [new-pkg]}}
+star_release: {ubuntu: {'*': [any-pkg], focal: null}}
+dropped_on_noble: {ubuntu: {'*': [x], noble: null}}
+only_fedora: {fedora: [y]}
+"""
+    )
+    (tmp_path / "rosdep" / "python.yaml").write_text(
+        """
+python3-thing-pip: {ubuntu: {pip: {packages: [thing]}}}
+python3-any-os-pip: {'*': {pip: {packages: [anything]}}}
+python3-release-pip: {ubuntu: {noble: {pip: {packages: [rel]}}}}
+python-old-pip: &old {ubuntu: {pip: {packages: [moved]}}}
+python3-old-pip: *old
+"""
+    )
+    for distro, body in {
+        "jazzy": "repositories:\n  repo_a:\n    release: {packages: [pkg_a1, pkg_a2], version: 1.0.0-1}\n"
+        "  single_pkg:\n    release: {version: 2.0.0-1}\n  unreleased:\n    source: {type: git}\n",
+        "kilted": "repositories: {}\n",
+    }.items():
+        (tmp_path / distro).mkdir()
+        (tmp_path / distro / "distribution.yaml").write_text(body)
+    db = checker.load_rosdistro(tmp_path)
+
+    def resolve(key: str, distro: str = "jazzy", codename: str = "noble") -> str | None:
+        return checker.resolve_rosdep_key(db, key, distro, codename)
+
+    assert resolve("pkg_a2") == "ROS package released in jazzy"
+    assert resolve("single_pkg") == "ROS package released in jazzy"  # no packages list: the repo
+    assert resolve("unreleased") is None
+    assert resolve("pkg_a1", "kilted") is None  # released in another distro only
+    assert resolve("plain") == "apt: libplain"
+    assert resolve("by_release") == "apt: new-pkg"
+    assert resolve("by_release", codename="jammy") == "apt: old-pkg"
+    assert resolve("by_release", codename="resolute") is None
+    assert resolve("star_release") == "apt: any-pkg"
+    assert resolve("star_release", codename="focal") is None
+    assert resolve("dropped_on_noble") is None
+    assert resolve("only_fedora") is None
+    assert resolve("python3-thing-pip") == "pip: thing"
+    assert resolve("python3-any-os-pip") == "pip: anything"
+    assert resolve("python3-release-pip") == "pip: rel"
+    assert resolve("python3-old-pip") == "pip: moved"
+    assert db.pip_keys()["moved"] == "python3-old-pip"  # the python3- name over the Python 2 one
+
+    (tmp_path / "package.xml").write_text(
+        """<?xml version="1.0"?>
+<package format="3">
+  <name>dynamic_ofa_ros</name><version>0.1.0</version><description>x</description>
+  <maintainer email="a@b.org">x</maintainer><license>MIT</license>
+  <exec_depend>pkg_a1</exec_depend>
+  <exec_depend>plain</exec_depend>
+  <exec_depend>dropped_on_noble</exec_depend>
+</package>
+"""
+    )
+    (tmp_path / "requirements-system-ros.txt").write_text("thing>=1\nmoved\nfree-of-keys\n")
+    problems: list[str] = []
+    info = checker.parse_package_xml(tmp_path / "package.xml", problems)
+    found = checker.check_rosdep(info, db, tmp_path)
+    text = "\n".join(found)
+    for expected in (
+        "package.xml: pkg_a1 does not resolve for kilted (Ubuntu noble)",
+        "package.xml: dropped_on_noble does not resolve for jazzy (Ubuntu noble)",
+        "package.xml: dropped_on_noble does not resolve for kilted (Ubuntu noble)",
+        "thing has the rosdep key python3-thing-pip",
+        "moved has the rosdep key python3-old-pip",
+    ):
+        assert expected in text, f"{expected!r} not reported; got:\n{text}"
+    assert (
+        "plain" not in text and "free-of-keys" not in text and "pkg_a1 does not resolve for jazzy" not in text
+    )
+
+
 # --- setup.py (pip install of the ROS-free parts) ---------------------------------------------
 
 
