@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from dynamic_ofa_ros.coordinator import Coordinator, PeerStatus
+from dynamic_ofa_ros.coordinator import MAX_LEVELS, Coordinator, PeerStatus
 from dynamic_ofa_ros.engine import LevelEngine, topk
 from dynamic_ofa_ros.errors import ConstraintError
 from dynamic_ofa_ros.levels import LevelTable
@@ -204,6 +204,11 @@ class DynamicClassifier:
             )
         coordinator = None
         if cfg.coordination_group:
+            if len(table.levels) > MAX_LEVELS:
+                raise ConstraintError(
+                    f"coordination needs a table of at most {MAX_LEVELS} levels (the planner's bound), "
+                    f"{table.path or 'this table'} has {len(table.levels)}; pick fewer levels or run alone"
+                )
             coordinator = Coordinator(
                 name,
                 timeout_s=cfg.coordination_timeout_s,

@@ -133,7 +133,6 @@ class ClassifierNode(LifecycleNode):
         self._status_timer: Any = None  # rclpy Timer while active
         self._frames = self._new_frames()
         self._lock = threading.RLock()  # constraints, status publishing
-        self._peer_errors = 0
         self._closed = False
         self._starting = False
         self.finalized = False
@@ -199,7 +198,7 @@ class ClassifierNode(LifecycleNode):
             )
         except Exception as exc:
             return self._refuse("configure", exc)
-        self._frames, self._peer_errors = self._new_frames(), 0
+        self._frames = self._new_frames()
         self.transition_error = ""
         table = self.classifier.table
         self.get_logger().info(
@@ -492,6 +491,7 @@ class ClassifierNode(LifecycleNode):
             device=self.settings.device,
             dropped=self._frames.dropped,
             errors=self._frames.errors,
+            peer_counts=self.classifier.peer_counts(),
         )
         msg.header.stamp = self.get_clock().now().to_msg()
         return msg
@@ -537,7 +537,6 @@ class ClassifierNode(LifecycleNode):
                 "last_error": self._frames.last_error,
                 "coordination": ("coordinated with " + ", ".join(peers)) if peers else "alone",
                 "coordinator_moves": self.coordinator_moves,
-                "peer_status_errors": self._peer_errors,
             },
         )
         array = DiagnosticArray()
@@ -560,7 +559,7 @@ class ClassifierNode(LifecycleNode):
         try:
             peer = peer_from_message(msg)
         except (DofaError, ValueError) as exc:
-            self._peer_errors += 1
+            classifier.reject_peer()
             self.get_logger().warning(
                 f"ignoring coordination status from {msg.node_name!r}: {exc}",
                 throttle_duration_sec=_WARN_PERIOD_S,

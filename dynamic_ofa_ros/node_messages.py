@@ -47,7 +47,14 @@ def _u32(value: int) -> int:
 
 
 def status_message(
-    state: ManagerState, own: PeerStatus, *, coordination: bool, device: str, dropped: int, errors: int
+    state: ManagerState,
+    own: PeerStatus,
+    *,
+    coordination: bool,
+    device: str,
+    dropped: int,
+    errors: int,
+    peer_counts: tuple[int, int] = (0, 0),
 ) -> ManagerStatus:
     """A ManagerStatus (header stamp left to the caller) from the manager's state and own status.
 
@@ -83,6 +90,7 @@ def status_message(
     msg.switches = _u32(state.switches)
     msg.dropped = _u32(dropped)
     msg.errors = _u32(errors)
+    msg.peers_ignored, msg.peers_rejected = (_u32(count) for count in peer_counts)
     msg.device = str(device)
     msg.level_latency_ms = [float(spec.latency_ms) for spec in own.levels]
     msg.level_accuracy = [float(spec.accuracy) for spec in own.levels]
@@ -202,6 +210,8 @@ def diagnostic_status(
         "errors": status.errors,
         "device": status.device,
         "coordination_group": status.coordination_group,
+        "peers_ignored": status.peers_ignored,
+        "peers_rejected": status.peers_rejected,
         **extra,
     }
     return DiagnosticStatus(

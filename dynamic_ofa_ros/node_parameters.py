@@ -119,6 +119,12 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         2.0,
         "a peer not heard from for this long is forgotten (then the node acts alone)",
     ),
+    ParamSpec(
+        "coordination_max_peers",
+        16,
+        "at most this many coordination peers are remembered and planned with; statuses of further "
+        "new peers are ignored and counted (peers_ignored), so a flood of invented names costs nothing",
+    ),
     ParamSpec("status_rate", 2.0, "rate (Hz) of ~/status, /diagnostics and coordination messages, 0.1..100"),
     ParamSpec(
         "max_stamp_age_s",
@@ -173,6 +179,7 @@ class Settings:
     use_compressed: bool
     coordination_group: str
     coordination_timeout_s: float
+    coordination_max_peers: int
     status_rate: float
     max_stamp_age_s: float
     max_image_pixels: int
@@ -192,6 +199,7 @@ class Settings:
             manager=self.manager,
             coordination_group=self.coordination_group,
             coordination_timeout_s=self.coordination_timeout_s,
+            coordination_max_peers=self.coordination_max_peers,
             top_k=self.top_k,
         )
 
@@ -237,6 +245,7 @@ def settings_from(values: dict[str, Any]) -> Settings:
         use_compressed=bool(values["use_compressed"]),
         coordination_group=str(values["coordination_group"]).strip(),
         coordination_timeout_s=float(values["coordination_timeout_s"]),
+        coordination_max_peers=int(values["coordination_max_peers"]),
         status_rate=_within("status_rate", float(values["status_rate"]), 0.1, 100.0),
         max_stamp_age_s=_within("max_stamp_age_s", float(values["max_stamp_age_s"]), 0.0, 86_400.0),
         max_image_pixels=int(_within("max_image_pixels", values["max_image_pixels"], 1, 10**10)),

@@ -421,6 +421,8 @@ EXPECTED_FIELDS: dict[str, dict[str, str]] = {
         "device": "string",
         "level_latency_ms": "sequence<float>",
         "level_accuracy": "sequence<float>",
+        "peers_ignored": "uint32",
+        "peers_rejected": "uint32",
     },
     "srv.SetConstraints.Request": {"latency_budget_ms": "float", "min_accuracy": "float"},
     "srv.SetConstraints.Response": {"accepted": "boolean", "message": "string", "level": "uint8"},

@@ -67,6 +67,8 @@ def test_coordination_flood_does_not_freeze_the_node(
     assert node.classifier.coordinator is not None
     assert len(node.peer_names()) <= node.classifier.coordinator.max_peers
     assert node.classifier.coordinator.ignored > 0  # the statuses beyond the bound were counted
+    status = node.status_message()
+    assert status.peers_ignored == node.classifier.coordinator.ignored > 0
 
 
 def test_compressed_payloads_checked_by_content(
