@@ -113,7 +113,4 @@ class InputWatch:
         waited = now - self._no_frames_since
         if waited < NEVER_ARRIVED_WARN_S:
             return ""
-        return (
-            f"{publishers} publisher(s) on {topics} but no frame received in {waited:.0f} s; "
-            + self._hint
-        )
+        return f"{publishers} publisher(s) on {topics} but no frame received in {waited:.0f} s; " + self._hint
