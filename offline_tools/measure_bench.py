@@ -110,7 +110,9 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     base = MeasureRequest(
         out=str(work / "local.json"),
         model=ModelOptions(model="embedded", threads=1, batch_size=args.batch_size),
-        calibration=ImageOptions(paths=tuple(args.calib), limit=args.calib_images),
+        # a seeded sample: the first N members of an ImageFolder zip are one class, and BN
+        # statistics of one class are a poor calibration
+        calibration=ImageOptions(paths=tuple(args.calib), sample=args.calib_images, seed=0),
         validation=ImageOptions(paths=tuple(args.val), sample=args.val_images, seed=0),
         random=args.n,
         seed=args.seed,
@@ -168,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--calib", nargs="+", required=True, help="calibration photos (zip/folder)")
     p.add_argument("--n", type=int, default=40, help="random sub-networks (default 40)")
     p.add_argument("--val-images", type=int, default=500, help="seeded sample of validation photos (500)")
-    p.add_argument("--calib-images", type=int, default=100, help="first N calibration photos (100)")
+    p.add_argument("--calib-images", type=int, default=100, help="seeded sample of calibration photos (100)")
     p.add_argument("--workers", type=int, default=2, help="Ray workers (default 2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)

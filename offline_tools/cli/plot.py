@@ -1,4 +1,4 @@
-"""``dofa-levels plot``: Fig. 3 from a search report, or Fig. 4 from level tables."""
+"""``dofa-levels plot``: Fig. 3 from a search report, Fig. 4 from level tables, or measured records."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 from dynamic_ofa_ros.levels import load_level_table
 from offline_tools.cli.common import UsageError, add_progress_flag, check_out
+from offline_tools.measure import load_records, plot_measured_vs_predicted
 from offline_tools.plot import load_search_report, plot_search, plot_tables
 
 __all__ = ["PlotRequest", "register", "run_plot"]
@@ -15,7 +16,7 @@ __all__ = ["PlotRequest", "register", "run_plot"]
 
 @dataclass(frozen=True)
 class PlotRequest:
-    """Draw ``search_report`` (Fig. 3) or ``tables`` + ``compare`` (Fig. 4) into ``out``."""
+    """Draw ``search_report`` (Fig. 3), ``tables`` + ``compare`` (Fig. 4) or ``records`` into ``out``."""
 
     out: str
     search_report: str | None = None
@@ -25,6 +26,8 @@ class PlotRequest:
     """Legend labels of ``tables`` then ``compare`` (default: the file names)."""
     log_latency: bool = False
     title: str | None = None
+    records: str | None = None
+    """Records of ``dofa-levels measure``: measured against predicted top-1."""
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> PlotRequest:
@@ -37,15 +40,20 @@ class PlotRequest:
             labels=tuple(args.labels or ()),
             log_latency=args.log_latency,
             title=args.title,
+            records=args.records,
         )
 
 
 def run_plot(request: PlotRequest) -> Path:
     """Write the figure; returns its path."""
     check_out(request.out, ".png", "--out")
-    if bool(request.search_report) == bool(request.tables):
-        raise UsageError("give --search-report (Fig. 3) or --table (Fig. 4)")
-    if request.search_report:
+    if [bool(request.search_report), bool(request.tables), bool(request.records)].count(True) != 1:
+        raise UsageError(
+            "give --search-report (Fig. 3), --table (Fig. 4) or --records (measured vs predicted)"
+        )
+    if request.records:
+        plot_measured_vs_predicted(load_records(request.records), request.out, title=request.title)
+    elif request.search_report:
         plot_search(load_search_report(request.search_report), request.out, title=request.title)
     else:
         paths = [*request.tables, *request.compare]
@@ -68,8 +76,11 @@ def _plot_handler(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``plot`` to the ``dofa-levels`` subcommands."""
-    pl = sub.add_parser("plot", help="Fig. 3 from a search report, or Fig. 4 from level tables")
+    pl = sub.add_parser(
+        "plot", help="Fig. 3 from a search report, Fig. 4 from level tables, or measured vs predicted"
+    )
     pl.add_argument("--search-report", help="search report JSON (Fig. 3)")
+    pl.add_argument("--records", help="records of `dofa-levels measure`: measured against predicted top-1")
     pl.add_argument("--table", nargs="+", help="level table(s) to draw (Fig. 4)")
     pl.add_argument("--compare", nargs="*", default=[], help="more tables to compare against (Fig. 4)")
     pl.add_argument("--labels", nargs="*", help="legend labels of --table/--compare, in order")

@@ -225,6 +225,9 @@ def test_measure_command_writes_fit_predictor_records_and_plot(
     # the same command again resumes: nothing left to measure
     assert main(argv) == 0
     assert "3 already" in capsys.readouterr().err
+    # the figure again, from the records alone
+    assert main(["plot", "--records", str(out), "--out", str(tmp_path / "p.png")]) == 0
+    assert (tmp_path / "p.png").stat().st_size > 10_000
 
 
 @pytest.mark.parametrize("command", ["profile", "validate-latency"])
