@@ -43,9 +43,17 @@ class LockStepPlayer(ToolNode):
         context: the rclpy context (initialised by the caller).
         classifier: the classifier node's name (its topics and services live under ``/<name>/``).
         topic: the camera topic the classifier listens on.
+        node_name: this player's node name (two players in one process need two names).
     """
 
-    def __init__(self, context: Context, *, classifier: str, topic: str = CAMERA_TOPIC) -> None:
+    def __init__(
+        self,
+        context: Context,
+        *,
+        classifier: str,
+        topic: str = CAMERA_TOPIC,
+        node_name: str = "dofa_lockstep_player",
+    ) -> None:
         from sensor_msgs.msg import Image
 
         from dynamic_ofa_ros.msg import Prediction
@@ -55,7 +63,7 @@ class LockStepPlayer(ToolNode):
         self.arrived = threading.Condition(self.lock)
         self.answers: dict[int, Answer] = {}
         self._sent: dict[int, float] = {}
-        super().__init__("dofa_lockstep_player", context)
+        super().__init__(node_name, context)
         self.publisher = self.node.create_publisher(Image, topic, 10)
         self.node.create_subscription(Prediction, f"/{classifier}/prediction", self._on_prediction, 50)
 

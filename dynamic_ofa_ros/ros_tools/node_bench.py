@@ -17,6 +17,13 @@ Prediction's ``latency_ms``: header stamp, set just before publishing, to predic
 frame: transport in, conversion, hand-over to the inference thread), ``roundtrip_ms`` (publish
 to the prediction's arrival back at the publisher) and ``engine_infer_ms`` (the baseline);
 and the node process's CPU time per frame, in all and in its main (executor) thread.
+
+The floor, measured in the same run over the same transport: a plain rclpy relay node
+(:mod:`dynamic_ofa_ros.ros_tools.relay`: subscribe the Image, publish a Prediction with its
+header, nothing else) gets the same frames in lock step on its own topic. Per frame size
+``relay_roundtrip_ms`` is its round trip, ``node_added_ms`` the classifier's round trip minus
+its own inference time, and ``added_over_relay_ms_p50`` the difference of their medians: what the
+classifier costs beyond what any ROS node costs.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ import argparse
 import json
 import os
 import platform
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -51,6 +60,8 @@ if TYPE_CHECKING:
 __all__ = ["NODE_NAME", "main", "run"]
 
 NODE_NAME = "dofa_node_bench_classifier"
+RELAY_NAME = "dofa_node_bench_relay"
+RELAY_TOPIC = "/dofa_node_bench/relay_image"
 _MAX_LOST = 3  # a case with this many lost frames is a transport problem, not a measurement
 
 
@@ -163,9 +174,27 @@ def _node_run(
         "node_inference_ms": _stats([r.inference_ms for r in rows]),
         "node_overhead_ms": _stats([r.latency_ms - r.inference_ms for r in rows]),
         "roundtrip_ms": _stats([r.roundtrip_ms for r in rows]),
+        "node_added_ms": _stats([r.roundtrip_ms - r.inference_ms for r in rows]),
         "levels_seen": sorted({r.level for r in rows}),
         **_cpu_per_frame(pid, cpu_before, n),
     }
+
+
+def _relay_floor(
+    relay: LockStepPlayer, messages: list[Image], n: int, warmup: int, timeout: float
+) -> dict[str, float]:
+    """Round trips (ms) of ``n`` frames through the plain relay node, in lock step."""
+    times = []
+    for i in range(warmup + n):
+        msg = messages[i % len(messages)]
+        stamp = time.time_ns()
+        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, 1_000_000_000)
+        got = relay.classify(msg, stamp, timeout)
+        if got is not None and i >= warmup:
+            times.append(got.roundtrip_ms)
+    if not times:
+        raise RuntimeError("the relay node answered no frame; is rclpy's transport working?")
+    return _stats(times)
 
 
 def _measure_case(
@@ -176,12 +205,14 @@ def _measure_case(
     classifier: ClassifierProcess,
     frames: list[np.ndarray],
     level: int,
+    relay: LockStepPlayer,
 ) -> dict[str, Any]:
     """One (frame size, level): the engine baseline, then the same frames through the node."""
     baseline = _stats(_engine_baseline(engine, frames, level, args.frames, args.warmup))
     player.set_level(level)
     messages = [image_msg(f) for f in frames]
     row = _node_run(player, messages, args.frames, args.warmup, args.timeout, classifier.pid)
+    floor = _relay_floor(relay, messages, args.frames, args.warmup, args.timeout)
     height, width = frames[0].shape[:2]
     return {
         "size": f"{width}x{height}",
@@ -190,6 +221,8 @@ def _measure_case(
         "engine_infer_ms": baseline,
         **row,
         "node_latency_over_engine_p50": round(row["node_latency_ms"]["p50"] / baseline["p50"], 3),
+        "relay_roundtrip_ms": floor,
+        "added_over_relay_ms_p50": round(row["node_added_ms"]["p50"] - floor["p50"], 4),
     }
 
 
@@ -229,13 +262,28 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="dofa-node-bench-") as tmp:
         params = {"model": args.model, "device": args.device, "level_table": str(table_path), "threads": 0}
         classifier = ClassifierProcess.start(NODE_NAME, params, Path(tmp) / "classifier.log")
+        relay_process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "dynamic_ofa_ros.ros_tools.relay",
+                "--name",
+                RELAY_NAME,
+                "--topic",
+                RELAY_TOPIC,
+            ]
+        )
         with rclpy.init(args=[]) as context_guard:  # noqa: F841 - keeps the context for the block
-            player = LockStepPlayer(rclpy.get_default_context(), classifier=NODE_NAME, topic=CAMERA_TOPIC)
+            context = rclpy.get_default_context()
+            player = LockStepPlayer(context, classifier=NODE_NAME, topic=CAMERA_TOPIC)
+            relay = LockStepPlayer(
+                context, classifier=RELAY_NAME, topic=RELAY_TOPIC, node_name="dofa_relay_player"
+            )
             try:
                 cases = [(size, level) for size in args.sizes for level in levels]
                 for size, level in tqdm(cases, desc="node bench", unit="case", file=sys.stderr):
                     frames = [cv2.resize(p, size, interpolation=cv2.INTER_AREA) for p in pics]
-                    row = _measure_case(args, engine, table, player, classifier, frames, level)
+                    row = _measure_case(args, engine, table, player, classifier, frames, level, relay)
                     result["runs"].append(row)
                     print(
                         json.dumps({k: row[k] for k in ("size", "level", "node_latency_over_engine_p50")}),
@@ -244,6 +292,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     )
             finally:
                 player.close()
+                relay.close()
+                relay_process.send_signal(signal.SIGINT)
+                relay_process.wait(timeout=15)
                 code = classifier.stop()
                 if code not in (0, None):
                     print(f"classifier_node exited with {code}", file=sys.stderr)

@@ -26,7 +26,15 @@ def test_node_bench_reports_overhead_against_engine(tmp_path: Path) -> None:
     (run,) = result["runs"]
     assert (run["size"], run["level"], run["levels_seen"]) == ("96x64", 1, [1])
     assert run["answered"] == run["frames"] == 5 and run["lost"] == 0
-    stats = ("engine_infer_ms", "node_inference_ms", "node_latency_ms", "node_overhead_ms", "roundtrip_ms")
+    stats = (
+        "engine_infer_ms",
+        "node_inference_ms",
+        "node_latency_ms",
+        "node_overhead_ms",
+        "roundtrip_ms",
+        "node_added_ms",
+        "relay_roundtrip_ms",
+    )
     for key in stats:
         assert set(run[key]) == {"p50", "p95", "p99", "mean"}
         assert run[key]["p50"] <= run[key]["p95"] <= run[key]["p99"]
@@ -35,5 +43,9 @@ def test_node_bench_reports_overhead_against_engine(tmp_path: Path) -> None:
     assert run["node_overhead_ms"]["p50"] > 0.0
     assert run["node_latency_ms"]["p50"] > run["node_inference_ms"]["p50"] > 0.0
     assert run["roundtrip_ms"]["p50"] >= run["node_latency_ms"]["p50"] - 0.5
+    # the plain relay (same frames, same transport, no work) is the floor of any node
+    assert 0.0 < run["relay_roundtrip_ms"]["p50"] < run["roundtrip_ms"]["p50"]
+    added = run["node_added_ms"]["p50"] - run["relay_roundtrip_ms"]["p50"]
+    assert run["added_over_relay_ms_p50"] == pytest.approx(added, abs=1e-3)
     ratio = run["node_latency_ms"]["p50"] / run["engine_infer_ms"]["p50"]
     assert run["node_latency_over_engine_p50"] == pytest.approx(ratio, rel=1e-2)
