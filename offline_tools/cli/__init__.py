@@ -10,6 +10,8 @@ Subcommands (``dofa-levels <command> --help`` for all options)::
     dofa-levels calibrate --family FAMILY.json --model embedded --calib DATA --val DATA --out TABLE.json
     dofa-levels build --torch-device cpu --model embedded --latency-table LUT_DIR --accuracy-predictor FILE \
         --calib DATA --val DATA            # writes config/levels/cpu.json + cpu.bn.safetensors
+    dofa-levels reprofile --table cpu-torch.json --model embedded --backend openvino --val DATA \
+        --out config/levels/cpu.json     # latency + top-1 of every level, compiled by the backend
     dofa-levels plot --search-report REPORT.json --out fig3.png
     dofa-levels plot --table A.json --compare B.json --out fig4.png
     dofa-levels experiments --table config/levels/cpu.json --out results/   # Figs. 6-8
@@ -36,7 +38,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from dynamic_ofa_ros.errors import DofaError
-from offline_tools.cli import build, latency, levels, measure, plot
+from offline_tools.cli import build, latency, levels, measure, plot, reprofile
 from offline_tools.cli.common import add_progress_flag, say
 from offline_tools.errors import SearchError
 from offline_tools.experiments import cli as experiments_cli
@@ -60,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     levels.register(sub)
     measure.register(sub)
     build.register(sub)
+    reprofile.register(sub)
     plot.register(sub)
     experiments = sub.add_parser(
         "experiments",
