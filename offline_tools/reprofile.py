@@ -12,8 +12,8 @@ every level again as the runtime will run it: compiled by :mod:`dynamic_ofa_ros.
 * **top-1**: every validation photo through ``engine.infer_batch`` (the engine's own
   preprocessing), skipped for random weights;
 * **front**: a backend may reorder levels (operators cost differently than in eager torch):
-  levels that are not strictly slower *and* more accurate than the previous kept level are
-  dropped, reported, and named in the table's ``extra``.
+  ordered by their new latency, levels that are not strictly slower *and* more accurate than
+  the previous kept level are dropped, reported, and named in the table's ``extra``.
 
 The architectures are not searched again: the result keeps the source table's ``search`` record.
 """
@@ -139,22 +139,26 @@ def _latencies(
 
 
 def pareto_levels(measured: Sequence[LevelMeasurement]) -> tuple[list[LevelMeasurement], list[str]]:
-    """The measurements that keep latency and accuracy strictly increasing, and why the others went.
+    """The measured Pareto front: latency and accuracy strictly increasing; why the others went.
 
-    Levels are taken in their source order (their source latency); one that is not slower than
-    the last kept one, or (when accuracy was measured) not more accurate, is dropped.
+    Levels are ordered by their latency in the backend (ties: source order); one that is not
+    slower than the last kept one, or (when accuracy was measured) not more accurate, is dropped:
+    a faster level at least as accurate exists.
     """
     kept: list[LevelMeasurement] = []
     dropped: list[str] = []
-    for m in measured:
+    for m in sorted(measured, key=lambda m: (m.latency_ms, m.level.level)):
         if not kept:
             kept.append(m)
             continue
         last = kept[-1]
         if m.latency_ms <= last.latency_ms:
-            why = f"not slower than level {last.level.level} ({last.latency_ms:.3f} ms)"
+            why = f"not slower than source level {last.level.level} ({last.latency_ms:.3f} ms)"
         elif m.accuracy is not None and last.accuracy is not None and m.accuracy <= last.accuracy:
-            why = f"not more accurate than level {last.level.level} ({last.accuracy:.3f} %)"
+            why = (
+                f"slower than source level {last.level.level} ({last.latency_ms:.3f} ms) "
+                f"but not more accurate ({last.accuracy:.3f} %)"
+            )
         else:
             kept.append(m)
             continue

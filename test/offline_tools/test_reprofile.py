@@ -129,16 +129,22 @@ def _measurement(number: int, latency: float, accuracy: float | None) -> LevelMe
 def test_pareto_levels_drop_what_the_backend_reorders() -> None:
     measured = [
         _measurement(1, 1.0, 80.0),
-        _measurement(2, 0.9, 82.0),  # faster than level 1 in the backend
-        _measurement(3, 1.5, 79.0),  # slower but less accurate
-        _measurement(4, 2.0, 85.0),
-        _measurement(5, 3.0, None),  # accuracy not measured: latency alone decides
+        _measurement(2, 1.3, 82.0),  # slower than level 3 in the backend and less accurate
+        _measurement(3, 1.2, 83.0),
+        _measurement(4, 1.5, 79.0),  # slower but less accurate
+        _measurement(5, 2.0, 85.0),
+        _measurement(6, 2.0, 86.0),  # the same latency as level 5
+        _measurement(7, 3.0, None),  # accuracy not measured: latency alone decides
     ]
     kept, dropped = pareto_levels(measured)
-    assert [m.level.level for m in kept] == [1, 4, 5]
-    assert len(dropped) == 2
-    assert dropped[0].startswith("source level 2") and "not slower than level 1" in dropped[0]
-    assert dropped[1].startswith("source level 3") and "not more accurate than level 1" in dropped[1]
+    assert [m.level.level for m in kept] == [1, 3, 5, 7]
+    assert len(dropped) == 3
+    assert (
+        dropped[0].startswith("source level 2")
+        and "than source level 3 (1.200 ms) but not more" in dropped[0]
+    )
+    assert dropped[1].startswith("source level 4") and "not more accurate (83.000 %)" in dropped[1]
+    assert dropped[2].startswith("source level 6") and "not slower than source level 5" in dropped[2]
 
 
 def test_reprofile_command(
