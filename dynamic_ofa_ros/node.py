@@ -604,38 +604,39 @@ def main(args: list[str] | None = None) -> int:
     argv = list(sys.argv if args is None else args)
     logger = get_logger(NODE_NAME)
     try:
-        init = rclpy.init(args=argv)
+        # Not `with rclpy.init()`: Jazzy's rclpy (7.x) returns None there; Kilted's a context manager.
+        rclpy.init(args=argv)
     except RCLError as exc:  # e.g. a missing or unparsable --params-file
         logger.fatal(f"cannot start: {str(exc).strip()}; check the --ros-args (--params-file, -p)")
         return 1
     except KeyboardInterrupt:
         return 0
     node: ClassifierNode | None = None
+    context = rclpy.get_default_context()
     try:
-        with init:
-            context = init.context
-            try:
-                node = ClassifierNode()
-                if node.autostart:
-                    node.start()
-                else:
-                    node.get_logger().info(
-                        f"autostart is false: unconfigured; ros2 lifecycle set "
-                        f"{node.get_fully_qualified_name()} configure (then activate)"
-                    )
-            except StartupError as exc:
-                if not context.ok():
-                    return 0  # a signal stopped the start: a clean stop
-                logger.fatal(f"cannot start: {exc}")
-                return 1
-            except Exception:
-                if context.ok():
-                    raise
-                return 0  # a signal shut the context down while the node was being built
-            spin(node)
+        try:
+            node = ClassifierNode()
+            if node.autostart:
+                node.start()
+            else:
+                node.get_logger().info(
+                    f"autostart is false: unconfigured; ros2 lifecycle set "
+                    f"{node.get_fully_qualified_name()} configure (then activate)"
+                )
+        except StartupError as exc:
+            if not context.ok():
+                return 0  # a signal stopped the start: a clean stop
+            logger.fatal(f"cannot start: {exc}")
+            return 1
+        except Exception:
+            if context.ok():
+                raise
+            return 0  # a signal shut the context down while the node was being built
+        spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        rclpy.try_shutdown()
         if node is not None:
             node.destroy_node()
     return 0

@@ -33,7 +33,8 @@ from rclpy.node import Node
 from sensor_msgs.msg import Image
 
 topic, seconds = sys.argv[1], float(sys.argv[2])
-with rclpy.init():
+rclpy.init()  # not `with rclpy.init()`: Jazzy's rclpy returns None
+try:
     node = Node("reliability_camera")
     pub = node.create_publisher(Image, topic, 10)
     rgb = np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)
@@ -43,6 +44,8 @@ with rclpy.init():
         msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(time.time_ns(), 1_000_000_000)
         pub.publish(msg)
         time.sleep(0.05)
+finally:
+    rclpy.try_shutdown()
 """
 
 
