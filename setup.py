@@ -71,7 +71,8 @@ if __name__ == "__main__":
         else "",
         long_description_content_type="text/markdown",
         license="MIT",
-        python_requires=">=3.10",
+        # typing.Self and datetime.UTC: 3.11 (so ROS 2 Humble, on Python 3.10, is not supported)
+        python_requires=">=3.11",
         packages=find_packages(
             include=["dynamic_ofa_ros", "dynamic_ofa_ros.*", "offline_tools", "offline_tools.*"]
         ),

@@ -1,13 +1,32 @@
 #!/usr/bin/env bash
-# Create/refresh the project's virtual environment: ROS 2 Kilted from PyPI wheels, colcon,
-# torch, ofa, test tools; then make the wheels' CMake exports usable from this venv.
+# Create/refresh a virtual environment of the project: ROS 2 from PyPI wheels, colcon, torch, ofa,
+# test tools; then make the wheels' CMake exports usable from this venv.
 # Idempotent: re-running only installs what is missing. Driven by `make venv`.
 #
-# Usage: scripts/bootstrap.sh VENV [PYTHON]      (PYTHON defaults to python3.11)
+# Usage: scripts/bootstrap.sh VENV [PYTHON] [-r REQUIREMENTS]... [--share-from MAIN_VENV]
+#   PYTHON defaults to python3.11; without -r: requirements.txt + requirements-dev.txt (Kilted).
+#   --share-from: after installing its own requirements, VENV also sees MAIN_VENV's non-ROS
+#   packages (scripts/share_site_packages.py): the Jazzy variant, `make ROS_DISTRO=jazzy venv`,
+#   is `scripts/bootstrap.sh .venv-jazzy python3.11 -r requirements-jazzy.txt --share-from .venv`.
 set -euo pipefail
 
-VENV=${1:?usage: scripts/bootstrap.sh VENV [PYTHON]}
-PYTHON=${2:-python3.11}
+VENV=${1:?usage: scripts/bootstrap.sh VENV [PYTHON] [-r REQUIREMENTS]... [--share-from MAIN_VENV]}
+shift
+PYTHON=python3.11
+if (($#)) && [[ $1 != -* ]]; then
+    PYTHON=$1
+    shift
+fi
+REQUIREMENTS=()
+SHARE_FROM=
+while (($#)); do
+    case $1 in
+        -r) REQUIREMENTS+=("${2:?-r needs a file}"); shift 2 ;;
+        --share-from) SHARE_FROM=${2:?--share-from needs a venv}; shift 2 ;;
+        *) echo "[bootstrap] ERROR: unknown argument $1" >&2; exit 2 ;;
+    esac
+done
+((${#REQUIREMENTS[@]})) || REQUIREMENTS=(requirements.txt requirements-dev.txt)
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
@@ -46,9 +65,15 @@ fi
 "$VENV/bin/python" -c 'import sys; assert sys.version_info[:2] == (3, 11), sys.version' \
     || die "$VENV is not a Python 3.11 environment; remove it (make distclean) and retry"
 
-log "installing requirements.txt + requirements-dev.txt into $VENV (first time: a few minutes, ~6 GB)"
+log "installing ${REQUIREMENTS[*]} into $VENV (first time: a few minutes; the main venv ~6 GB)"
 "$VENV/bin/python" -m pip install --disable-pip-version-check --progress-bar off -qq \
-    -r requirements.txt -r requirements-dev.txt
+    "${REQUIREMENTS[@]/#/--requirement=}"
+
+# --- the Jazzy variant: the main venv's torch, ofa, OpenCV, ... without a second copy -----------
+if [[ -n $SHARE_FROM ]]; then
+    [[ -x $SHARE_FROM/bin/python ]] || die "--share-from $SHARE_FROM: no virtual environment there (make venv)"
+    "$VENV/bin/python" scripts/share_site_packages.py "$SHARE_FROM" "$VENV"
+fi
 
 # --- make the ros-* wheels' CMake exports point at this venv ---------------------------------
 "$VENV/bin/python" scripts/patch_ros_cmake.py --prefix "$VENV"
