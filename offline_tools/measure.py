@@ -60,7 +60,7 @@ __all__ = [
 #: The fields of a record that say what its number means; a file never mixes two identities.
 IDENTITY_FIELDS = ("supernet_sha256", "calibration", "validation", "backend")
 #: The fields of a record about how this run went (not part of the measurement).
-RUN_FIELDS = ("seconds", "worker", "attempts")
+RUN_FIELDS = ("seconds", "cpu_s", "worker", "attempts")
 _VERSION = 1
 
 
@@ -159,6 +159,7 @@ class AccuracyRecords:
             "holdout_top1": round(float(result.top1), 4),
             **self.identity,
             "seconds": {k: round(v, 4) for k, v in sorted(result.seconds.items())},
+            "cpu_s": round(result.cpu_s, 4),
             "worker": result.worker,
             "attempts": result.attempts,
         }

@@ -12,7 +12,9 @@ with 1 thread, then ``--executor ray`` with ``--workers`` workers of 1 thread ea
 the speed-up, each run's per-candidate cost split (extract, BN calibration, evaluation,
 transfer), the per-image cost, whether the records are identical, the CPU and the machine's load
 (1-minute load average sampled every 5 s during each run; it includes the benchmark's own
-processes).
+processes). On a shared machine the wall-time speed-up moves with the other processes' load; the
+CPU seconds per candidate (``cpu_share``: CPU seconds per second of compute) give the speed-up
+the workers would reach with a core each (``speedup_dedicated_cores_estimate``).
 """
 
 from __future__ import annotations
@@ -156,6 +158,12 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "identical_records": strip(local.records) == strip(ray_summary.records),
         "speedup_candidates": round(local.stats.wall_s / ray_summary.stats.wall_s, 3),
         "speedup_command": round(local_wall / ray_wall, 3),
+        # other processes share this machine: the wall-time speed-up moves with their load. The
+        # CPU seconds a candidate needs do not (much): with a core per worker, the speed-up would be
+        # workers x (local CPU s per candidate) / (Ray worker's CPU s per candidate)
+        "speedup_dedicated_cores_estimate": round(
+            args.workers * local.stats.cpu_s / max(ray_summary.stats.cpu_s, 1e-9), 3
+        ),
         "local": _report(local, local_wall, local_load),
         "ray": _report(ray_summary, ray_wall, ray_load),
         "records": {"local": str(work / "local.json"), "ray": str(work / "ray.json")},

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from dynamic_ofa_ros.supernet import Supernet, load_supernet
@@ -90,16 +90,35 @@ class _DecodeOnWorker:
         return image_set(self.options, flag=self.flag, progress=False)
 
 
+def _absolute(spec: str | None) -> str | None:
+    """``spec`` (a path, or ``file.json:key``) with an existing file made absolute; else as given."""
+    if spec is None:
+        return None
+    head, sep, key = spec.rpartition(":") if ":" in spec and not Path(spec).exists() else (spec, "", "")
+    return f"{Path(head).resolve()}{sep}{key}" if Path(head).exists() else spec
+
+
 def image_data(options: ImageOptions | None, *, flag: str, spec: ExecutorSpec, progress: bool) -> ImageData:
-    """The images of ``--<flag>`` for the executor: decoded here, or (Ray, ``path``) by each worker."""
+    """The images of ``--<flag>`` for the executor: decoded here, or (Ray, ``path``) by each worker.
+
+    With ``path`` the workers get the paths made absolute (their working directory is not ours);
+    on a cluster every node must see them there.
+    """
     if spec.kind == "ray" and spec.data == "path":
         source = open_images(options, flag=flag)
         assert options is not None  # open_images refused None
+        on_workers = replace(
+            options,
+            paths=tuple(_absolute(p) or p for p in options.paths),
+            files=_absolute(options.files),
+            exclude=_absolute(options.exclude),
+            label_map=_absolute(options.label_map),
+        )
         return ImageData(
             name=source.name,
             count=len(source),
             labelled=source.labelled,
-            loader=_DecodeOnWorker(options, flag),
+            loader=_DecodeOnWorker(on_workers, flag),
         )
     return ImageData.decoded(image_set(options, flag=flag, progress=progress))
 

@@ -196,6 +196,8 @@ class CandidateResult:
     seconds: dict[str, float] = field(default_factory=dict)
     worker: str = "local"
     attempts: int = 1
+    cpu_s: float = 0.0
+    """CPU seconds of the worker's process while it measured the candidate (all its threads)."""
 
     @property
     def key(self) -> str:
@@ -222,10 +224,13 @@ class ExecutorStats:
     """Per worker: seconds until it was ready (process start, super-network and images)."""
     split_s: dict[str, float] = field(default_factory=dict)
     """Summed per-candidate ``seconds`` (extract, calibrate, evaluate, transfer)."""
+    cpu_s: float = 0.0
+    """Summed per-candidate CPU seconds of the workers."""
 
     def add(self, result: CandidateResult) -> None:
         """Count one finished candidate."""
         self.candidates += 1
+        self.cpu_s += result.cpu_s
         for name, value in result.seconds.items():
             self.split_s[name] = self.split_s.get(name, 0.0) + value
 
@@ -251,6 +256,7 @@ class ExecutorStats:
     def to_dict(self) -> dict[str, object]:
         """JSON-ready form, with the mean per-candidate cost split."""
         n = max(1, self.candidates)
+        compute = sum(v for k, v in self.split_s.items() if k != "transfer")
         return {
             "executor": self.kind,
             "workers": self.workers,
@@ -262,6 +268,9 @@ class ExecutorStats:
             "images_per_s_per_worker": round(self.images_per_s_per_worker(), 3),
             "worker_setup_s": [round(v, 3) for v in self.setup_s],
             "per_candidate_s": {k: round(v / n, 4) for k, v in sorted(self.split_s.items())},
+            "cpu_s_per_candidate": round(self.cpu_s / n, 4),
+            # CPU seconds per second of a worker's compute: 1.0 with a core to itself (1 thread)
+            "cpu_share": round(self.cpu_s / compute, 3) if compute > 0 else math.nan,
         }
 
 

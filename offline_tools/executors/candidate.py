@@ -61,6 +61,7 @@ def evaluate_candidate(
 ) -> CandidateResult:
     """Extract ``cfg``, recompute its BN statistics on ``calibration``, top-1 on ``validation``."""
     seconds: dict[str, float] = {}
+    cpu_started = time.process_time()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(candidate_seed(cfg))
         module = calibrated_subnet(
@@ -80,6 +81,7 @@ def evaluate_candidate(
         bn_state=bn.bn_state(module) if with_bn_state else None,
         seconds=seconds,
         worker=worker,
+        cpu_s=time.process_time() - cpu_started,
     )
 
 

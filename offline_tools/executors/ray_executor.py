@@ -189,9 +189,14 @@ class RayExecutor:
         return [results[i] for i in range(len(cfgs))]
 
     def replace_worker(self, dead: _Slot) -> _Slot:
-        """A new worker in place of ``dead`` (its setup is waited for lazily by the next task)."""
+        """A new worker in place of ``dead``.
+
+        Its start-up is not waited for: the next candidate queues behind it (that candidate's
+        ``transfer`` then includes the start-up).
+        """
         index = self._slots.index(dead)
-        ray.kill(dead.actor, no_restart=True)
+        with contextlib.suppress(Exception):  # it is usually gone already
+            ray.kill(dead.actor, no_restart=True)
         slot = self._new_worker()
         self._slots[index] = slot
         return slot
