@@ -319,6 +319,25 @@ python3-old-pip: *old
     )
 
 
+def test_python_floor_and_supported_distros_agree() -> None:
+    """The code needs Python 3.11; setup.py, package.xml and the README say so (Humble: no)."""
+    uses_311 = [
+        str(path.relative_to(REPO_ROOT))
+        for pkg in ("dynamic_ofa_ros", "offline_tools")
+        for path in (REPO_ROOT / pkg).rglob("*.py")
+        if "datetime.UTC" in (text := path.read_text(encoding="utf-8"))
+        or any("import" in line and " Self" in line for line in text.splitlines() if "typing" in line)
+    ]
+    assert uses_311, "no 3.11-only feature left: the floor (and Humble) can be revisited"
+    assert 'python_requires=">=3.11"' in (REPO_ROOT / "setup.py").read_text(encoding="utf-8")
+    description = (REPO_ROOT / "package.xml").read_text(encoding="utf-8")
+    assert "Jazzy and Kilted" in description and "not Humble" in description
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## With a system ROS 2", 1)[1].split("\n## ", 1)[0]
+    assert "Jazzy" in section and "Kilted" in section and "Humble is not\nsupported" in section
+    assert "Humble / Jazzy" not in readme
+
+
 # --- setup.py (pip install of the ROS-free parts) ---------------------------------------------
 
 
