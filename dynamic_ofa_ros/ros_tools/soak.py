@@ -20,6 +20,7 @@ trips, ``/diagnostics`` messages per second and the node's RSS (``/proc/<pid>/st
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
@@ -40,10 +41,9 @@ from dynamic_ofa_ros.ros_tools.common import (
     ClassifierProcess,
     ToolNode,
     image_msg,
-    write_result,
 )
 from dynamic_ofa_ros.ros_tools.photos import load_photos
-from dynamic_ofa_ros.timing import device_name, summarize
+from dynamic_ofa_ros.timing import device_name, summarize, write_json
 
 if TYPE_CHECKING:
     from dynamic_ofa_ros.msg import ManagerStatus
@@ -135,6 +135,9 @@ class _Counters:
                 self.diagnostics.append(time.monotonic())
 
     def sample_rss(self) -> None:
+        with self.lock:
+            if self.rss and time.monotonic() - self.rss[-1][0] < 1.0:
+                return  # one sample a second
         try:
             text = Path(f"/proc/{self.pid}/status").read_text()
         except OSError:
@@ -154,7 +157,7 @@ def _phase(
     name: str,
     seconds: float,
     counters: _Counters,
-    tool: ToolNode,
+    client: Any,  # noqa: ANN401 - an rclpy client of a generated service type
     action: Callable[[float], None] | None = None,
 ) -> dict[str, Any]:
     """Run ``action(elapsed)`` every 0.1 s for ``seconds`` while timing sequential service calls."""
@@ -170,10 +173,12 @@ def _phase(
         counters.sample_rss()
         if now >= next_call:
             t0 = time.perf_counter()
-            try:
-                tool.call(GetLevels, f"/{NODE_NAME}/get_levels", GetLevels.Request(), timeout=5.0)
+            done = threading.Event()
+            future = client.call_async(GetLevels.Request())
+            future.add_done_callback(lambda _f, event=done: event.set())
+            if done.wait(5.0):
                 calls.append((time.perf_counter() - t0) * 1000.0)
-            except RuntimeError:
+            else:
                 unanswered += 1
             next_call = now + 0.5
         time.sleep(0.1)
@@ -222,6 +227,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         compressed = tool.node.create_publisher(CompressedImage, f"{CAMERA_TOPIC}/compressed", 10)
         peers = tool.node.create_publisher(ManagerStatus, COORDINATION_TOPIC, 1000)
         tool.call(GetLevels, f"/{NODE_NAME}/get_levels", GetLevels.Request(), timeout=120.0)
+        client = tool.node.create_client(GetLevels, f"/{NODE_NAME}/get_levels")
+        client.wait_for_service(timeout_sec=30.0)
         frames = [image_msg(p) for p in photos]
 
         def stream() -> None:
@@ -235,7 +242,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         threading.Thread(target=stream, daemon=True).start()
         time.sleep(3.0)
-        phases = [_phase("baseline", args.phase_s, counters, tool)]
+        phases = [_phase("baseline", args.phase_s, counters, client)]
         sent = {"last": -10.0}
 
         def flood(elapsed: float) -> None:
@@ -244,15 +251,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 for msg in fake_peer_statuses(args.flood_peers, GROUP, stamp_ns=time.time_ns()):
                     peers.publish(msg)
 
-        phases.append(_phase("flood", args.flood_s, counters, tool, flood))
-        phases.append(_phase("after", args.phase_s, counters, tool))
+        phases.append(_phase("flood", args.flood_s, counters, client, flood))
+        phases.append(_phase("after", args.phase_s, counters, client))
         bombs = [("jpeg", tiff_payload()), ("png", png_bomb()), ("png", _jpeg(photos[0]))]
 
         def throw(_elapsed: float) -> None:
             fmt, data = bombs[int(_elapsed * 10) % len(bombs)]
             compressed.publish(CompressedImage(format=fmt, data=data))
 
-        phases.append(_phase("bombs", args.phase_s, counters, tool, throw))
+        phases.append(_phase("bombs", args.phase_s, counters, client, throw))
         burst = _burst(tool, args.burst)
         node.check_running()
     finally:
@@ -330,7 +337,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the soak scenario and print (and write) its JSON."""
     args = build_parser().parse_args(argv)
-    print(write_result(run(args), args.out))
+    result = run(args)
+    if args.out is not None:
+        write_json(args.out, result, one_line_numbers=True)
+    print(json.dumps({key: result[key] for key in ("device", "phases", "burst", "node_exit_code")}, indent=1))
     return 0
 
 
