@@ -538,13 +538,12 @@ def load_rosdistro(path: Path, distros: Iterable[str] = SUPPORTED_DISTROS) -> Ro
     """
     import yaml  # PyYAML (requirements.txt); only this check needs it
 
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     rules: dict[str, object] = {}
     for name in ROSDEP_FILES:
-        rules.update(yaml.load((path / name).read_text(encoding="utf-8"), Loader=loader) or {})
+        rules.update(yaml.safe_load((path / name).read_text(encoding="utf-8")) or {})
     released: dict[str, set[str]] = {}
     for distro in distros:
-        data = yaml.load((path / distro / "distribution.yaml").read_text(encoding="utf-8"), Loader=loader)
+        data = yaml.safe_load((path / distro / "distribution.yaml").read_text(encoding="utf-8"))
         names: set[str] = set()
         for repo, spec in (data.get("repositories") or {}).items():
             release = spec.get("release") if isinstance(spec, dict) else None
