@@ -18,7 +18,7 @@ from dynamic_ofa_ros.supernet import Supernet
 from offline_tools.cli.common import UsageError, add_progress_flag, check_out, progress_of, say, write_json
 from offline_tools.cli.executor import add_executor_args, executor_spec
 from offline_tools.cli.latency import ProfileRequest, TimingOptions, default_mode, run_profile
-from offline_tools.cli.levels import calibrate_family, search
+from offline_tools.cli.levels import calibrate_family, closing_accuracy, search
 from offline_tools.cli.options import (
     AccuracyOptions,
     CalibrationOptions,
@@ -170,7 +170,7 @@ def run_build(request: BuildRequest) -> dict[str, Any]:
         progress=request.progress,
         executor=request.executor,
     )
-    try:
+    with closing_accuracy(accuracy):
         result = search(
             space=request.space,
             options=request.search,
@@ -180,10 +180,6 @@ def run_build(request: BuildRequest) -> dict[str, Any]:
             device=device,
             progress=request.progress,
         )
-    finally:
-        close = getattr(accuracy, "close", None)
-        if callable(close):
-            close()  # stop the measured search's workers
     stages["search"] = time.perf_counter() - t0
     family = family_table(result, table=table, accuracy=accuracy, model=model, device=device)
     report = search_report(result, device=device, accuracy=accuracy)

@@ -9,9 +9,10 @@ chains profile, search and calibrate.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,6 +120,17 @@ class SearchRequest:
         )
 
 
+@contextlib.contextmanager
+def closing_accuracy(accuracy: object) -> Iterator[None]:
+    """Close ``accuracy`` afterwards when it has workers to stop (a measured accuracy's executor)."""
+    try:
+        yield
+    finally:
+        close = getattr(accuracy, "close", None)
+        if callable(close):
+            close()
+
+
 def search(
     *,
     space: SpaceOptions,
@@ -192,7 +204,7 @@ def run_search(request: SearchRequest) -> LevelTable | None:
         executor=request.executor,
     )
     device = device_label(request.device_label, table)
-    try:
+    with closing_accuracy(accuracy):
         if request.score:
             _score(request.score, table=table, accuracy=accuracy, model=model)
             return None
@@ -205,10 +217,6 @@ def run_search(request: SearchRequest) -> LevelTable | None:
             device=device,
             progress=request.progress,
         )
-    finally:
-        close = getattr(accuracy, "close", None)
-        if callable(close):
-            close()  # stop the executor's workers (measured accuracy)
     family = family_table(result, table=table, accuracy=accuracy, model=model, device=device)
     report = search_report(result, device=device, accuracy=accuracy)
     if request.plot:
