@@ -11,7 +11,9 @@ without PyTorch touching the model.
 A backend is a module with two functions (see :data:`REGISTRY`):
 
 * ``compile_level(onnx_path, options) -> CompiledLevel``;
-* ``version() -> str``.
+* ``version() -> str``;
+* ``precision_problem(precision) -> str | None``: why this machine cannot run ``precision``
+  (``None`` when it can; e.g. bf16 needs a CPU with AVX-512 BF16 or AMX).
 
 A new runtime (e.g. TensorRT for ``cuda``) is one more module and one :class:`BackendSpec`;
 the engine, the manager and the node do not change. Switching levels stays a reference swap:
@@ -41,8 +43,10 @@ __all__ = [
     "BackendSpec",
     "CompileOptions",
     "CompiledLevel",
+    "CompiledLevelBase",
     "Precision",
     "backend_version",
+    "check_precision",
     "choose_backend",
     "compiled_backend",
     "installed",
@@ -53,8 +57,9 @@ __all__ = [
 Backend = Literal["auto", "openvino", "onnxruntime", "torch"]
 #: Concrete backends, in the order ``auto`` prefers them when the table names none.
 BACKENDS: tuple[str, ...] = ("openvino", "onnxruntime", "torch")
-#: Inference precisions a compiled level can be built in (explicit, never a runtime default).
-Precision = Literal["f32"]
+#: Inference precisions a compiled level can be built in (explicit, never a runtime default):
+#: ``bf16`` only where the backend and the CPU support it (:func:`check_precision`).
+Precision = Literal["f32", "bf16"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 
@@ -97,12 +102,38 @@ class CompiledLevel(Protocol):
         """Probabilities, shape ``(n_classes,)`` float32, for one C-contiguous (1, 3, r, r) input."""
 
 
+class CompiledLevelBase:
+    """The bookkeeping every :class:`CompiledLevel` shares: backend, version, precision, threads."""
+
+    backend: str = ""
+
+    def __init__(self, *, version: str, precision: str, threads: int) -> None:
+        self._version = version
+        self._precision = precision
+        self._threads = int(threads)
+
+    @property
+    def version(self) -> str:
+        """The runtime's version."""
+        return self._version
+
+    @property
+    def precision(self) -> str:
+        """The inference precision it was compiled for."""
+        return self._precision
+
+    @property
+    def threads(self) -> int:
+        """Intra-op threads (as the runtime reports them where it does)."""
+        return self._threads
+
+
 @dataclass(frozen=True)
 class BackendSpec:
     """A backend: where its code is, which Python module and distribution it needs, where it runs."""
 
     name: str
-    module: str  # the dynamic_ofa_ros module with compile_level() and version()
+    module: str  # the dynamic_ofa_ros module with compile_level(), version(), precision_problem()
     runtime_module: str  # the third-party module it imports
     distribution: str  # the pip distribution (for messages and versions)
     devices: tuple[str, ...]
@@ -149,6 +180,28 @@ def compiled_backend(backend: str) -> Callable[[str, CompileOptions], CompiledLe
         )
     module = importlib.import_module(spec.module)
     return cast(Callable[[str, CompileOptions], CompiledLevel], module.compile_level)
+
+
+def check_precision(backend: str, precision: str) -> None:
+    """Raise :class:`ModelSourceError` unless ``backend`` can run ``precision`` on this machine.
+
+    ``f32`` runs everywhere. ``bf16`` needs a backend that computes in it (OpenVINO's CPU
+    plugin) on a CPU that has it (AVX-512 BF16 or AMX, which the plugin reports as ``BF16``);
+    elsewhere the message names the fix instead of silently running f32.
+    """
+    if precision not in PRECISIONS:
+        raise ModelSourceError(f"precision {precision!r} is unknown; use one of {', '.join(PRECISIONS)}")
+    if precision == "f32":
+        return
+    if backend not in REGISTRY:
+        raise ModelSourceError(
+            f"backend {backend!r} runs f32 only, not {precision}; use backend 'openvino' on a CPU "
+            "with AVX-512 BF16 or AMX, or precision f32"
+        )
+    module = importlib.import_module(REGISTRY[backend].module)
+    problem = cast(Callable[[str], "str | None"], module.precision_problem)(precision)
+    if problem is not None:
+        raise ModelSourceError(f"backend {backend!r} cannot run {precision} here: {problem}")
 
 
 def _check_name(backend: str) -> None:

@@ -13,17 +13,28 @@ from typing import Any
 
 import numpy as np
 
-from dynamic_ofa_ros.backends import CompileOptions, backend_version
+from dynamic_ofa_ros.backends import CompiledLevelBase, CompileOptions, backend_version
 
-__all__ = ["OnnxRuntimeLevel", "compile_level", "session_options"]
+__all__ = ["OnnxRuntimeLevel", "compile_level", "precision_problem", "session_options"]
+
+
+def precision_problem(precision: str) -> str | None:
+    """Why ONNX Runtime cannot run ``precision`` (its CPU provider computes f32 graphs in f32)."""
+    if precision == "f32":
+        return None
+    return (
+        f"ONNX Runtime's CPU execution provider has no {precision} inference for these models; "
+        "use backend 'openvino' on a CPU with AVX-512 BF16 or AMX, or precision f32"
+    )
 
 
 def session_options(options: CompileOptions) -> Any:  # noqa: ANN401 - onnxruntime is untyped
     """The ``SessionOptions`` for ``options`` (also used by ``dofa-bench``'s stock run)."""
     import onnxruntime  # type: ignore[import-untyped]
 
-    if options.precision != "f32":
-        raise ValueError(f"onnxruntime runs f32 only, not {options.precision!r}")
+    problem = precision_problem(options.precision)
+    if problem is not None:
+        raise ValueError(problem)
     so = onnxruntime.SessionOptions()
     so.intra_op_num_threads = int(options.threads)
     so.inter_op_num_threads = 1
@@ -33,7 +44,7 @@ def session_options(options: CompileOptions) -> Any:  # noqa: ANN401 - onnxrunti
     return so
 
 
-class OnnxRuntimeLevel:
+class OnnxRuntimeLevel(CompiledLevelBase):
     """One level in an ONNX Runtime session (see the module docstring)."""
 
     backend = "onnxruntime"
@@ -46,24 +57,9 @@ class OnnxRuntimeLevel:
         )
         self._input = self._session.get_inputs()[0].name
         self._outputs = [self._session.get_outputs()[0].name]
-        self._threads = int(options.threads)
-        self._precision: str = options.precision
-        self._version = backend_version("onnxruntime")
-
-    @property
-    def version(self) -> str:
-        """ONNX Runtime's version."""
-        return self._version
-
-    @property
-    def precision(self) -> str:
-        """The inference precision (f32)."""
-        return self._precision
-
-    @property
-    def threads(self) -> int:
-        """Intra-op threads."""
-        return self._threads
+        super().__init__(
+            version=backend_version("onnxruntime"), precision=options.precision, threads=options.threads
+        )
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Probabilities ``(n_classes,)`` for one (1, 3, r, r) float32 input."""

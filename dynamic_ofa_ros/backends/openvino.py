@@ -1,9 +1,10 @@
 """OpenVINO backend: a level's ONNX file compiled for the CPU plugin.
 
 Compiled with ``PERFORMANCE_HINT=LATENCY`` (one stream), ``INFERENCE_NUM_THREADS`` = the
-engine's thread count and ``INFERENCE_PRECISION_HINT=f32``: the plugin's default precision is
-bf16 on CPUs with AMX/avx512_bf16, which would make the same table run at another precision
-on another machine. One infer request per level, guarded by a lock (a request is not
+engine's thread count and an explicit ``INFERENCE_PRECISION_HINT`` (``f32``, or ``bf16`` where
+the CPU plugin reports ``BF16`` among its ``OPTIMIZATION_CAPABILITIES``): the plugin's default
+precision is bf16 on CPUs with AMX/avx512_bf16, which would make the same table run at another
+precision on another machine. One infer request per level, guarded by a lock (a request is not
 re-entrant), with its input bound once to a NumPy buffer that each call copies the frame into
 (cheaper than wrapping every frame in a new tensor: ~60 us less per call measured on a 2-core
 EPYC) and its output tensor kept.
@@ -27,13 +28,13 @@ from typing import Any
 
 import numpy as np
 
-from dynamic_ofa_ros.backends import CompileOptions, backend_version
+from dynamic_ofa_ros.backends import CompiledLevelBase, CompileOptions, backend_version
 from dynamic_ofa_ros.backends.header import cpu_isa, cpu_model
 from dynamic_ofa_ros.timing import atomic_write_bytes, atomic_write_text
 
-__all__ = ["OpenVINOLevel", "blob_path", "compile_level", "compile_properties"]
+__all__ = ["OpenVINOLevel", "blob_path", "compile_level", "compile_properties", "precision_problem"]
 
-_PRECISIONS = {"f32": "f32"}
+_PRECISIONS = {"f32": "f32", "bf16": "bf16"}
 
 
 @functools.cache
@@ -41,6 +42,21 @@ def _core() -> Any:  # noqa: ANN401 - openvino.Core has no type information
     import openvino  # type: ignore[import-untyped]
 
     return openvino.Core()
+
+
+def precision_problem(precision: str) -> str | None:
+    """Why the CPU plugin cannot compute in ``precision`` here (``None`` when it can)."""
+    if precision == "f32":
+        return None
+    if precision not in _PRECISIONS:
+        return f"OpenVINO's CPU plugin has no precision {precision!r}"
+    capabilities = {str(c).upper() for c in _core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")}
+    if precision.upper() in capabilities:
+        return None
+    return (
+        f"this CPU ({cpu_model()}) offers {', '.join(sorted(capabilities))} to OpenVINO, not "
+        f"{precision.upper()} (it needs AVX-512 BF16 or AMX); use precision f32 here"
+    )
 
 
 def compile_properties(options: CompileOptions) -> dict[str, object]:
@@ -98,7 +114,7 @@ def _compile(model_path: str, options: CompileOptions) -> Any:  # noqa: ANN401 -
     return compiled
 
 
-class OpenVINOLevel:
+class OpenVINOLevel(CompiledLevelBase):
     """One compiled level (see the module docstring)."""
 
     backend = "openvino"
@@ -106,6 +122,9 @@ class OpenVINOLevel:
     def __init__(self, model_path: str, options: CompileOptions) -> None:
         import openvino
 
+        problem = precision_problem(options.precision)
+        if problem is not None:
+            raise RuntimeError(f"OpenVINO cannot compile {model_path} in {options.precision}: {problem}")
         self._compiled = _compile(model_path, options)
         actual = self._compiled.get_property("INFERENCE_PRECISION_HINT")  # an openvino.Type
         if actual != getattr(openvino.Type, _PRECISIONS[options.precision]):
@@ -115,24 +134,11 @@ class OpenVINOLevel:
         self._request.set_input_tensor(openvino.Tensor(self._input, shared_memory=True))
         self._output = self._request.get_output_tensor()
         self._lock = threading.Lock()
-        self._threads = int(self._compiled.get_property("INFERENCE_NUM_THREADS"))
-        self._precision: str = options.precision
-        self._version = backend_version("openvino")
-
-    @property
-    def version(self) -> str:
-        """OpenVINO's version."""
-        return self._version
-
-    @property
-    def precision(self) -> str:
-        """The inference precision it was compiled for."""
-        return self._precision
-
-    @property
-    def threads(self) -> int:
-        """Inference threads, as the plugin reports them."""
-        return self._threads
+        super().__init__(
+            version=backend_version("openvino"),
+            precision=options.precision,
+            threads=int(self._compiled.get_property("INFERENCE_NUM_THREADS")),
+        )
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Probabilities ``(n_classes,)`` for one (1, 3, r, r) float32 input."""

@@ -90,15 +90,16 @@ def test_profiling_header_round_trip() -> None:
     assert table_backend({"mode": "eager", "threads": 1}) == "torch"  # older tables
     assert check_profiling({"mode": "eager"}) is None
     assert cpu_mismatch(header) is None
+    assert profiling_header("openvino", precision="bf16")["precision"] == "bf16"  # recorded as asked
     with pytest.raises(ValueError, match="precision"):
-        profiling_header("openvino", precision="bf16")
+        profiling_header("openvino", precision="int8")
 
 
 @pytest.mark.parametrize(
     ("change", "message"),
     [
         ({"backend": "tensorflow"}, "backend 'tensorflow' is not one of"),
-        ({"precision": "bf16"}, "precision 'bf16'"),
+        ({"precision": "int8"}, "precision 'int8'"),
         ({"backend_version": ""}, "backend_version must be a non-empty string"),
         ({"cpu_model": 3}, "cpu_model must be"),
         ({"isa": "avx2"}, "isa must be a list"),
