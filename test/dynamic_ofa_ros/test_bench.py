@@ -59,6 +59,8 @@ TOP_FIELDS = {
     "switch_ms_p99",
     "switch_samples",
     "switch_call_us_p50",
+    "switch_first_frame_excess_ms_p50",
+    "switch_first_frame_excess_ms_p99",
     "manager_overhead_us_p50",
     "manager_overhead_us_p99",
     "manager_note",
@@ -167,8 +169,15 @@ def test_bench_compiled_backend(table_path: Path, backend: str, capsys: pytest.C
         "--backend", backend, "--stock", "off",
     ]  # fmt: skip
     assert main(argv) == 0
-    printed = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    printed = json.loads(captured.out)
     assert printed["backend"] == backend and printed["precision"] == "f32"
+    # the side-by-side table on stderr: one row per level with the engine's measured model p50
+    rows = [line for line in captured.err.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) == 1 + len(printed["levels"])  # header + levels
+    for row, level in zip(rows[1:], printed["levels"], strict=True):
+        assert row.startswith(f"| {level['level']} | {level['resolution']} | {level['model_ms_p50']:.2f} / ")
+    assert 0.0 < printed["switch_ms_p50"] <= printed["switch_ms_p99"]
     assert printed["backend_version"] == printed["libraries"][backend]
     assert printed["startup_s"] > 0 and printed["cpu_model"] in printed["device"]
     for row in printed["levels"]:
