@@ -78,8 +78,14 @@ if __name__ == "__main__":
         ),
         # The embedded super-network (fp16 safetensors shards + manifest) ships with the package;
         # py.typed: both packages are typed (PEP 561), so mypy checks code that uses them.
+        # imagenet_classes.json: the class names (labels.py), read without torchvision/torch.
         package_data={
-            "dynamic_ofa_ros": ["embedded/*.safetensors", "embedded/*.json", "py.typed"],
+            "dynamic_ofa_ros": [
+                "embedded/*.safetensors",
+                "embedded/*.json",
+                "imagenet_classes.json",
+                "py.typed",
+            ],
             "offline_tools": ["py.typed"],
         },
         install_requires=INSTALL_REQUIRES,

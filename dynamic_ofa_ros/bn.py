@@ -15,6 +15,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -131,15 +132,16 @@ def bn_state(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def load_bn_state(
-    module: nn.Module, state: Mapping[str, torch.Tensor], *, where: str = "BN statistics"
+    module: nn.Module, state: Mapping[str, torch.Tensor | np.ndarray], *, where: str = "BN statistics"
 ) -> None:
-    """Copy ``state`` (from :func:`bn_state`) into ``module``'s BN layers; all-or-nothing.
+    """Copy ``state`` (from :func:`bn_state`, or a table's NumPy arrays) into ``module``'s BN layers.
 
     Every BN layer of ``module`` must get both tensors with the right shape, finite
     values and a non-negative variance, and ``state`` must hold nothing else;
     otherwise :class:`LevelTableError` names ``where`` and the layer, and ``module``
-    is left unchanged.
+    is left unchanged (all-or-nothing). NumPy arrays (a table read without torch) become tensors here.
     """
+    state = {k: torch.from_numpy(np.array(v)) if isinstance(v, np.ndarray) else v for k, v in state.items()}
     layers = {name: sub for name, sub in module.named_modules() if isinstance(sub, _BN_TYPES)}
     expected = {f"{n}.{s}" for n in layers for s in ("running_mean", "running_var")}
     missing = sorted(expected - set(state))

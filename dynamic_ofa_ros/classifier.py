@@ -17,9 +17,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from dynamic_ofa_ros.coordinator import MAX_LEVELS, Coordinator, PeerStatus
 from dynamic_ofa_ros.engine import LevelEngine, topk
@@ -33,7 +33,10 @@ from dynamic_ofa_ros.manager import (
     RuntimeManager,
     level_specs,
 )
-from dynamic_ofa_ros.supernet import Supernet
+from dynamic_ofa_ros.supernet import Supernet, SupernetSource
+
+if TYPE_CHECKING:  # frames may be tensors where torch is in use; this module never imports it
+    import torch
 
 __all__ = ["Classification", "ClassifierConfig", "DynamicClassifier"]
 
@@ -154,7 +157,7 @@ class DynamicClassifier:
     @classmethod
     def from_table(
         cls,
-        supernet: Supernet,
+        supernet: Supernet | SupernetSource,
         table: LevelTable,
         config: ClassifierConfig | None = None,
         *,
@@ -166,6 +169,10 @@ class DynamicClassifier:
         on_switch: Callable[[Decision], None] | None = None,
     ) -> DynamicClassifier:
         """Build the engine, manager and (with a group) coordinator for ``table``.
+
+        ``supernet`` may be a :class:`~dynamic_ofa_ros.supernet.SupernetSource` (from
+        :func:`~dynamic_ofa_ros.supernet.open_supernet`): compiled levels found in the cache then
+        never load its weights, and torch is not imported.
 
         Raises:
             LevelTableError: the table does not fit the super-network or the device.

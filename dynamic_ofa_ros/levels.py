@@ -22,18 +22,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
+import numpy as np
 
 from dynamic_ofa_ros.arch import N_BLOCKS, N_STAGES, SearchSpace, SubnetConfig
 from dynamic_ofa_ros.backends.header import check_profiling
 from dynamic_ofa_ros.errors import ArchitectureError, LevelTableError, UnknownLevelError
+from dynamic_ofa_ros.level_bn import BNStatistics, as_arrays, bn_file_bytes, check_bn_shapes, read_bn_file
 from dynamic_ofa_ros.timing import atomic_write_bytes, atomic_write_text, sha256_bytes
 
 if TYPE_CHECKING:
-    from dynamic_ofa_ros.supernet import Supernet
+    import torch
+
+    from dynamic_ofa_ros.supernet import Supernet, SupernetSource
 
 __all__ = [
     "TABLE_FORMAT",
+    "BNStatistics",
     "TABLE_VERSION",
     "Level",
     "LevelTable",
@@ -59,7 +63,6 @@ _LEVEL_FIELDS = (
     "macs_m",
 )
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_BN_KEY = re.compile(r"^level(\d+)/(.+\.(?:running_mean|running_var))$")
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,9 @@ class LevelTable:
     ``profiling`` describes how latencies were measured (``mode``, ``threads``,
     ``dtype``, ``batch``, ``warmup``, ``iterations``, ``torch``, ``date`` ...);
     ``calibration`` how the BN statistics were computed (``dataset``, ``images``).
+    A loaded table's ``bn`` is a :class:`BNStatistics` (NumPy arrays; ``bn[n]`` gives torch
+    tensors); a table built in memory may hold plain dicts of tensors. :meth:`bn_arrays` reads
+    either without torch for a loaded table.
     """
 
     device: str
@@ -128,7 +134,7 @@ class LevelTable:
     supernet: dict[str, Any]
     calibration: dict[str, Any]
     levels: list[Level]
-    bn: dict[int, dict[str, torch.Tensor]] | None = None
+    bn: Mapping[int, dict[str, torch.Tensor]] | None = None
     path: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -149,6 +155,14 @@ class LevelTable:
                 f"level {number!r} is not in this table (levels 1..{len(self.levels)}); pick one of those"
             )
         return self.levels[number - 1]
+
+    def bn_arrays(self, level: int) -> dict[str, np.ndarray]:
+        """Level ``level``'s BN statistics as float32 NumPy arrays (no torch for a loaded table)."""
+        if self.bn is None:
+            raise LevelTableError(f"{self.path or 'level table'}: has no BN statistics (a search family)")
+        if isinstance(self.bn, BNStatistics):
+            return self.bn.arrays(level)
+        return as_arrays(self.bn[level])
 
     def to_json_dict(self, *, bn_file: str | None = None, bn_sha256: str | None = None) -> dict[str, Any]:
         """The JSON object of the table (``bn_file``/``bn_sha256`` as given)."""
@@ -366,67 +380,7 @@ def _check_bn_reference(bn_file: object, bn_sha: object, file: str) -> None:
         raise _fail(f"{file}: bn_sha256", "is set but bn_file is null")
 
 
-def _group_bn(
-    tensors: Mapping[str, torch.Tensor], levels: Sequence[Level], where: str
-) -> dict[int, dict[str, Any]]:
-    groups: dict[int, dict[str, torch.Tensor]] = {lv.level: {} for lv in levels}
-    for key, tensor in tensors.items():
-        match = _BN_KEY.match(key)
-        if match is None:
-            raise _fail(where, f"tensor {key!r} is not named level<N>/<module>.running_mean|running_var")
-        number = int(match.group(1))
-        if number not in groups:
-            raise _fail(where, f"tensor {key!r} belongs to level {number}, which the table does not have")
-        if tensor.dtype != torch.float32:
-            raise _fail(where, f"tensor {key!r} is {tensor.dtype}, expected float32")
-        groups[number][match.group(2)] = tensor
-    for number, group in groups.items():
-        if not group:
-            raise _fail(where, f"no BN statistics for level {number}; recalibrate (dofa-levels calibrate)")
-    return groups
-
-
-def _check_bn_shapes(
-    table_levels: Sequence[Level],
-    bn: Mapping[int, Mapping[str, torch.Tensor]],
-    supernet: Supernet | None,
-    where: str,
-) -> None:
-    for i, lv in enumerate(table_levels):
-        state = bn[lv.level]
-        for key, tensor in state.items():
-            if not bool(torch.isfinite(tensor).all()):
-                raise _fail(
-                    f"{where}: levels[{i}] (level {lv.level})", f"BN tensor {key!r} has NaN/inf values"
-                )
-            if key.endswith(".running_var") and bool((tensor < 0).any()):
-                raise _fail(
-                    f"{where}: levels[{i}] (level {lv.level})", f"BN tensor {key!r} has negative values"
-                )
-        if supernet is None:
-            continue
-        from dynamic_ofa_ros.bn import expected_bn_shapes
-
-        expected = expected_bn_shapes(supernet.net, lv.config)
-        loc = f"{where}: levels[{i}] (level {lv.level})"
-        missing = sorted(set(expected) - set(state))
-        if missing:
-            raise _fail(
-                loc, f"BN statistics for {missing[0]!r} are missing ({len(missing)} tensors); rebuild"
-            )
-        extra = sorted(set(state) - set(expected))
-        if extra:
-            raise _fail(loc, f"BN tensor {extra[0]!r} does not exist in this architecture; rebuild the table")
-        for key, shape in expected.items():
-            if tuple(state[key].shape) != shape:
-                raise _fail(
-                    loc,
-                    f"BN tensor {key!r} has shape {tuple(state[key].shape)}, the architecture needs {shape}; "
-                    "the BN file does not belong to these levels: rebuild the table",
-                )
-
-
-def _check_supernet(header: Mapping[str, Any], supernet: Supernet, file: str) -> None:
+def _check_supernet(header: Mapping[str, Any], supernet: Supernet | SupernetSource, file: str) -> None:
     want = header["supernet"]
     if want["sha256"] != supernet.sha256:
         raise _fail(
@@ -437,7 +391,7 @@ def _check_supernet(header: Mapping[str, Any], supernet: Supernet, file: str) ->
         )
 
 
-def check_table_supernet(table: LevelTable, supernet: Supernet) -> None:
+def check_table_supernet(table: LevelTable, supernet: Supernet | SupernetSource) -> None:
     """Raise :class:`LevelTableError` unless ``table`` was built for ``supernet`` (same weights checksum)."""
     _check_supernet({"supernet": table.supernet}, supernet, str(table.path or "level table"))
 
@@ -451,7 +405,7 @@ def _validate(
     data: object,
     *,
     file: str,
-    supernet: Supernet | None,
+    supernet: Supernet | SupernetSource | None,
     expected_device: str | None,
 ) -> tuple[dict[str, Any], list[Level]]:
     header = _parse_header(data, file)
@@ -474,39 +428,10 @@ def _validate(
     return header, levels
 
 
-def _read_bn_file(
-    path: Path, sha: str, levels: Sequence[Level], file: str
-) -> dict[int, dict[str, torch.Tensor]]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load as st_load
-
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError as exc:
-        raise _fail(
-            file,
-            f"its BN file {path} is missing; copy it beside the table or rebuild (dofa-levels calibrate)",
-        ) from exc
-    except OSError as exc:
-        raise _fail(file, f"cannot read its BN file {path}: {exc}") from exc
-    actual = sha256_bytes(data)
-    if actual != sha:
-        raise _fail(
-            file,
-            f"BN file {path.name} has sha256 {actual[:16]}..., the table expects {sha[:16]}... (truncated, "
-            "modified or from another build): restore both files from the same build or rebuild the table",
-        )
-    try:
-        tensors = st_load(data)
-    except (SafetensorError, ValueError, RuntimeError) as exc:
-        raise _fail(file, f"BN file {path.name} is not a valid safetensors file ({exc}); rebuild") from exc
-    return _group_bn(tensors, levels, f"{file}: {path.name}")
-
-
 def load_level_table(
     path: str | os.PathLike[str],
     *,
-    supernet: Supernet | None = None,
+    supernet: Supernet | SupernetSource | None = None,
     require_bn: bool = True,
     expected_device: str | None = None,
 ) -> LevelTable:
@@ -537,7 +462,7 @@ def load_level_table(
             f"{file}: line {exc.lineno} column {exc.colno}: invalid JSON ({exc.msg})"
         ) from exc
     header, levels = _validate(data, file=file, supernet=supernet, expected_device=expected_device)
-    bn: dict[int, dict[str, torch.Tensor]] | None = None
+    bn: BNStatistics | None = None
     if header.get("bn_file") is None:
         if require_bn:
             raise _fail(
@@ -546,8 +471,8 @@ def load_level_table(
                 "search); calibrate it with dofa-levels calibrate before running it",
             )
     else:
-        bn = _read_bn_file(file_path.parent / header["bn_file"], header["bn_sha256"], levels, file)
-        _check_bn_shapes(levels, bn, supernet, file)
+        bn = read_bn_file(file_path.parent / header["bn_file"], header["bn_sha256"], levels, file)
+        check_bn_shapes(levels, {n: bn.arrays(n) for n in bn}, supernet, file)
     known = {
         "format",
         "version",
@@ -584,7 +509,7 @@ def _compact_json(obj: object) -> str:
 
 
 def save_level_table(
-    table: LevelTable, path: str | os.PathLike[str], *, supernet: Supernet | None = None
+    table: LevelTable, path: str | os.PathLike[str], *, supernet: Supernet | SupernetSource | None = None
 ) -> Path:
     """Validate ``table`` and write it to ``path`` (+ ``<stem>.bn.safetensors`` when it has BN).
 
@@ -593,8 +518,6 @@ def save_level_table(
     ``supernet`` the same checks as :func:`load_level_table` run against it. Returns the
     JSON path.
     """
-    from safetensors.torch import save as st_save
-
     file_path = Path(path)
     file = str(file_path)
     if file_path.suffix != ".json":
@@ -602,19 +525,18 @@ def save_level_table(
     bn_file: str | None = None
     bn_sha: str | None = None
     blob: bytes | None = None
+    arrays: dict[int, dict[str, np.ndarray]] = {}
     if table.bn is not None:
-        tensors: dict[str, torch.Tensor] = {}
         for lv in table.levels:
             if lv.level not in table.bn:
                 raise _fail(file, f"no BN statistics for level {lv.level}; calibrate every level")
-            for key, tensor in table.bn[lv.level].items():
-                tensors[f"level{lv.level}/{key}"] = tensor.detach().to("cpu", torch.float32).contiguous()
+            arrays[lv.level] = table.bn_arrays(lv.level)
         extra_levels = set(table.bn) - set(table.numbers)
         if extra_levels:
             raise _fail(
                 file, f"BN statistics for level(s) {sorted(extra_levels)}, which the table does not have"
             )
-        blob = st_save(tensors, metadata={"format": TABLE_FORMAT + ".bn", "version": str(TABLE_VERSION)})
+        blob = bn_file_bytes(arrays, {"format": TABLE_FORMAT + ".bn", "version": str(TABLE_VERSION)})
         bn_file = bn_path_for(file_path).name
         bn_sha = sha256_bytes(blob)
     data = table.to_json_dict(bn_file=bn_file, bn_sha256=bn_sha)
@@ -624,7 +546,7 @@ def save_level_table(
         raise _fail(file, f"the table holds a NaN or infinite number ({exc}); fix the measurement") from exc
     header, levels = _validate(json.loads(text), file=file, supernet=supernet, expected_device=None)
     if table.bn is not None:
-        _check_bn_shapes(levels, table.bn, supernet, file)
+        check_bn_shapes(levels, arrays, supernet, file)
     if blob is not None:
         atomic_write_bytes(bn_path_for(file_path), blob)
     atomic_write_text(file_path, text)

@@ -80,7 +80,7 @@ from dynamic_ofa_ros.node_parameters import (
 )
 from dynamic_ofa_ros.paths import default_level_table
 from dynamic_ofa_ros.srv import GetLevels, SetConstraints, SetLevel
-from dynamic_ofa_ros.supernet import Supernet, load_supernet
+from dynamic_ofa_ros.supernet import Supernet, SupernetSource, open_supernet
 
 __all__ = ["COORDINATION_TOPIC", "NODE_NAME", "PARAMETERS", "ClassifierNode", "StartupError", "main"]
 
@@ -125,7 +125,7 @@ class ClassifierNode(LifecycleNode):
         self._given_supernet = supernet
         self._classifier: DynamicClassifier | None = None
         self._settings: Settings | None = None
-        self.supernet: Supernet | None = None
+        self.supernet: Supernet | SupernetSource | None = None
         self._model_source = ""
         self._outputs: Outputs | None = None
         self._inputs = Inputs()
@@ -293,10 +293,11 @@ class ClassifierNode(LifecycleNode):
 
     # ------------------------------------------------------------------------------ start-up
 
-    def _load(self, supernet: Supernet | None) -> DynamicClassifier:
+    def _load(self, supernet: Supernet | SupernetSource | None) -> DynamicClassifier:
         s = self.settings
         if supernet is None:
-            supernet = load_supernet(s.model, device=s.device, allow_random=s.model.startswith("random"))
+            # identified by checksum: with every compiled level cached, the weights (and torch) stay unloaded
+            supernet = open_supernet(s.model, device=s.device, allow_random=s.model.startswith("random"))
         self.supernet, self._model_source = supernet, supernet.source
         table_path = Path(s.level_table).expanduser() if s.level_table else default_level_table(s.device)
         table = load_level_table(
@@ -571,7 +572,7 @@ class ClassifierNode(LifecycleNode):
 def _return_memory(device: str) -> None:
     """Give freed model memory back: collect, empty the CUDA cache, trim glibc's heap."""
     gc.collect()
-    if device.startswith("cuda"):
+    if device.startswith("cuda") and "torch" in sys.modules:  # never import torch just to clean up
         import torch
 
         torch.cuda.empty_cache()

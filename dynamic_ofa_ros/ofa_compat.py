@@ -25,12 +25,13 @@ from __future__ import annotations
 import importlib
 import sys
 import types
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from dynamic_ofa_ros.arch import SUPERNET_NAME, SubnetConfig
 from dynamic_ofa_ros.errors import ModelSourceError
+
+if TYPE_CHECKING:  # importing this module needs no torch; building a network imports ofa (and torch)
+    from torch import nn
 
 __all__ = [
     "OFA_ZOO_URL_BASE",

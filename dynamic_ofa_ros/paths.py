@@ -49,10 +49,29 @@ def default_level_table(device: str) -> Path:
     return config_file(f"levels/{device.split(':', 1)[0]}.json")
 
 
+#: Device files of a GPU driver torch can use (NVIDIA desktop/server and Jetson, WSL2, ROCm):
+#: without any of them torch sees no GPU, so ``auto`` is ``cpu`` without importing torch.
+_GPU_DRIVER_FILES = (
+    "/dev/nvidiactl",
+    "/dev/nvidia0",
+    "/proc/driver/nvidia",
+    "/dev/nvhost-ctrl",
+    "/dev/nvmap",
+    "/dev/dxg",
+    "/dev/kfd",
+)
+
+
 def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; other values unchanged."""
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; other values unchanged.
+
+    torch is asked only where a GPU driver is present (a process that runs compiled CPU levels
+    never imports torch otherwise).
+    """
     if device != "auto":
         return device
+    if not any(Path(p).exists() for p in _GPU_DRIVER_FILES):
+        return "cpu"
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"

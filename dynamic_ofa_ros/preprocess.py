@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from dynamic_ofa_ros.errors import ImageError
-from dynamic_ofa_ros.image_input import DEFAULT_MAX_PIXELS, check_size
+from dynamic_ofa_ros.model_input import IMAGENET_MEAN, IMAGENET_STD, check_rgb
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -44,27 +44,7 @@ __all__ = [
     "to_input_tensor",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 _constants: dict[tuple[str, int | None], tuple[torch.Tensor, torch.Tensor]] = {}
-
-
-def check_rgb(image: np.ndarray | torch.Tensor, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
-    """Raise :class:`ImageError` unless ``image`` is an (H, W, 3) uint8 array/tensor within the size limit."""
-    if isinstance(image, np.ndarray):
-        dtype_ok = image.dtype == np.uint8
-    elif isinstance(image, torch.Tensor):
-        dtype_ok = image.dtype == torch.uint8
-    else:
-        raise ImageError(f"expected an (H, W, 3) uint8 numpy array or tensor, got {type(image).__name__}")
-    shape = tuple(image.shape)
-    if len(shape) != 3 or shape[2] != 3:
-        raise ImageError(
-            f"expected an (H, W, 3) RGB image, got shape {shape}; convert it with image_from_buffer"
-        )
-    if not dtype_ok:
-        raise ImageError(f"expected dtype uint8, got {image.dtype}; scale/convert to 8-bit RGB first")
-    check_size(int(shape[1]), int(shape[0]), max_pixels, "image")
 
 
 def _norm_constants(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

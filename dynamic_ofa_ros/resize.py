@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 
 from dynamic_ofa_ros.errors import ImageError
-from dynamic_ofa_ros.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from dynamic_ofa_ros.model_input import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["axis_weights", "resize_u8", "to_input_array"]
 

@@ -1,6 +1,6 @@
 """Super-network sources: the embedded model, OFA's ImageNet weights, a checkpoint, or random weights.
 
-``load_supernet(source)`` accepts
+``load_supernet(source)`` loads the weights into torch and accepts
 
 * ``"embedded"`` — the model shipped in :mod:`dynamic_ofa_ros.embedded` (fp16
   safetensors shards, each verified by SHA-256 before it is parsed);
@@ -17,52 +17,57 @@
   by default, deterministic), only with ``allow_random=True``; its accuracy is
   meaningless and :attr:`Supernet.meaningful_accuracy` is ``False``.
 
+``open_supernet(source)`` (same arguments) identifies the super-network *without* loading
+its weights where it can and returns a :class:`SupernetSource` that loads them on first need:
+an embedded folder by its manifest (every shard's SHA-256 checked: hashing, no torch), a
+weights file by the :class:`~dynamic_ofa_ros.supernet_index.IdentityIndex` of files loaded
+before. The runtime (engine, level tables) needs only the identity while every compiled level
+is in the cache, so a warm start never imports torch.
+
 The one weights checksum, :func:`state_dict_sha256`, identifies a super-network
-everywhere (level tables store it).
+everywhere (level tables store it). This module imports torch only inside the functions that
+need it; the loaders are :mod:`dynamic_ofa_ros.supernet_loaders`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import tempfile
-import urllib.error
-import urllib.request
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from dynamic_ofa_ros import embedded as _embedded
-from dynamic_ofa_ros.arch import SUPERNET_NAME, SearchSpace
+from dynamic_ofa_ros.arch import SUPERNET_NAME, SearchSpace, SubnetConfig
+from dynamic_ofa_ros.checksum import entries_sha256
 from dynamic_ofa_ros.errors import ModelSourceError
-from dynamic_ofa_ros.ofa_compat import (
-    OFA_ZOO_URL_BASE,
-    build_ofa_mbv3,
-    is_ofa_mbv3,
-    ofa_zoo_net,
-    supernet_space_lists,
-)
+from dynamic_ofa_ros.ofa_layout import bn_shapes
+from dynamic_ofa_ros.supernet_index import FileStamp, IdentityIndex
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 __all__ = [
     "OFA_RESOLUTIONS",
     "Supernet",
+    "SupernetSource",
+    "as_loaded",
+    "as_source",
     "cache_dir",
     "export_embedded",
     "load_supernet",
     "ofa_zoo_cache_path",
+    "ofa_zoo_weights_file",
+    "open_supernet",
     "state_dict_sha256",
 ]
 
 #: Input sizes the OFA MobileNetV3 super-network was trained on (elastic 128..224 px, step 4).
 OFA_RESOLUTIONS: tuple[int, ...] = tuple(range(128, 225, 4))
-_HASH_HEADER = b"dynamic_ofa_ros.state_dict_sha256.v1\n"
-_DOWNLOAD_TIMEOUT_S = 30.0
+#: ``(ks_list, expand_ratio_list, depth_list)`` of ``ofa_mbv3_d234_e346_k357_w1.2``.
+_OFA_SPACE: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]] = ((3, 5, 7), (3, 4, 6), (2, 3, 4))
 
 
 @dataclass
@@ -90,10 +95,18 @@ class Supernet:
 
     def search_space(self, resolutions: tuple[int, ...] | None = None) -> SearchSpace:
         """The architecture space of this super-network (its trained resolutions unless given)."""
+        from dynamic_ofa_ros.ofa_compat import supernet_space_lists
+
         ks, e, d = supernet_space_lists(self.net)
         return SearchSpace(
             ks_choices=ks, e_choices=e, d_choices=d, resolutions=resolutions or self.resolutions
         )
+
+    def expected_bn_shapes(self, config: SubnetConfig) -> dict[str, tuple[int, ...]]:
+        """BN state keys and shapes of ``config``'s extracted sub-network, read from the network's layers."""
+        from dynamic_ofa_ros.bn import expected_bn_shapes
+
+        return expected_bn_shapes(self.net, config)
 
     def identity(self) -> dict[str, Any]:
         """The ``"supernet"`` object of a level table: name, source, sha256, meaningful_accuracy."""
@@ -105,6 +118,153 @@ class Supernet:
         }
 
 
+class SupernetSource:
+    """A super-network known by its identity and layout; its weights are loaded on first :meth:`load`.
+
+    Everything a level table or a warm compiled-level cache needs -- ``name``, ``source``,
+    ``sha256``, ``resolutions``, ``meaningful_accuracy``, :meth:`identity`, :meth:`search_space`,
+    :meth:`expected_bn_shapes` -- is answered without torch. :meth:`load` (thread-safe, once)
+    loads the weights with :func:`load_supernet` and refuses them when they do not hash to
+    ``sha256`` (the file changed since it was identified). Made by :func:`open_supernet`, or
+    around a loaded :class:`Supernet` by :meth:`from_supernet`.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        source: str,
+        sha256: str,
+        resolutions: tuple[int, ...],
+        meaningful_accuracy: bool,
+        n_classes: int = 1000,
+        width_mult: float = 1.2,
+        space: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]] = _OFA_SPACE,
+        metadata: Mapping[str, Any] | None = None,
+        loader: Callable[[], Supernet] | None = None,
+        loaded: Supernet | None = None,
+    ) -> None:
+        if loader is None and loaded is None:
+            raise ValueError("SupernetSource needs a loader or a loaded Supernet")
+        self.name = name
+        self.source = source
+        self.sha256 = sha256
+        self.resolutions = tuple(sorted(int(r) for r in resolutions))
+        self.meaningful_accuracy = bool(meaningful_accuracy)
+        self.n_classes = int(n_classes)
+        self.width_mult = float(width_mult)
+        self.ks_list, self.expand_ratio_list, self.depth_list = (tuple(int(v) for v in s) for s in space)
+        self.metadata: dict[str, Any] = dict(metadata or {})
+        self._loader = loader
+        self._supernet = loaded
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_supernet(cls, supernet: Supernet) -> SupernetSource:
+        """The source of an already loaded super-network (:meth:`load` returns it)."""
+        from dynamic_ofa_ros.ofa_compat import supernet_space_lists
+
+        return cls(
+            name=supernet.name,
+            source=supernet.source,
+            sha256=supernet.sha256,
+            resolutions=supernet.resolutions,
+            meaningful_accuracy=supernet.meaningful_accuracy,
+            n_classes=supernet.n_classes,
+            width_mult=supernet.width_mult,
+            space=supernet_space_lists(supernet.net),
+            metadata=supernet.metadata,
+            loaded=supernet,
+        )
+
+    @classmethod
+    def from_record(
+        cls, record: Mapping[str, Any], *, source: str, loader: Callable[[], Supernet]
+    ) -> SupernetSource:
+        """A source from :meth:`record`'s fields (an identity-index entry or an embedded manifest)."""
+        return cls(
+            name=str(record["name"]),
+            source=source,
+            sha256=str(record["sha256"]),
+            resolutions=tuple(record["resolutions"]),
+            meaningful_accuracy=bool(record["meaningful_accuracy"]),
+            n_classes=int(record["n_classes"]),
+            width_mult=float(record["width_mult"]),
+            space=(tuple(record["ks_list"]), tuple(record["expand_ratio_list"]), tuple(record["depth_list"])),
+            metadata=record.get("metadata", {}),
+            loader=loader,
+        )
+
+    def record(self) -> dict[str, Any]:
+        """The identity and layout as JSON (what the identity index stores)."""
+        return {
+            "name": self.name,
+            "sha256": self.sha256,
+            "resolutions": list(self.resolutions),
+            "meaningful_accuracy": self.meaningful_accuracy,
+            "n_classes": self.n_classes,
+            "width_mult": self.width_mult,
+            "ks_list": list(self.ks_list),
+            "expand_ratio_list": list(self.expand_ratio_list),
+            "depth_list": list(self.depth_list),
+            "metadata": dict(self.metadata),
+        }
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the weights are in memory (torch imported)."""
+        return self._supernet is not None
+
+    def load(self) -> Supernet:
+        """The loaded super-network (loads it the first time; raises :class:`ModelSourceError`)."""
+        with self._lock:
+            if self._supernet is None:
+                assert self._loader is not None
+                supernet = self._loader()
+                if supernet.sha256 != self.sha256:
+                    raise ModelSourceError(
+                        f"model {self.source!r}: the weights loaded now hash to {supernet.sha256[:16]}..., "
+                        f"but they were identified as {self.sha256[:16]}... (the file changed since); "
+                        "restart to identify it again"
+                    )
+                self._supernet = supernet
+            return self._supernet
+
+    def identity(self) -> dict[str, Any]:
+        """The ``"supernet"`` object of a level table: name, source, sha256, meaningful_accuracy."""
+        return {
+            "name": self.name,
+            "source": self.source,
+            "sha256": self.sha256,
+            "meaningful_accuracy": self.meaningful_accuracy,
+        }
+
+    def search_space(self, resolutions: tuple[int, ...] | None = None) -> SearchSpace:
+        """The architecture space (its trained resolutions unless given), from the recorded layout."""
+        return SearchSpace(
+            ks_choices=self.ks_list,
+            e_choices=self.expand_ratio_list,
+            d_choices=self.depth_list,
+            resolutions=resolutions or self.resolutions,
+        )
+
+    def expected_bn_shapes(self, config: SubnetConfig) -> dict[str, tuple[int, ...]]:
+        """BN state keys and shapes of ``config``'s sub-network: from the layers if loaded, else computed."""
+        if self._supernet is not None:
+            return self._supernet.expected_bn_shapes(config)
+        return bn_shapes(config, width_mult=self.width_mult, expand_ratio_list=self.expand_ratio_list)
+
+
+def as_source(supernet: Supernet | SupernetSource) -> SupernetSource:
+    """``supernet`` as a :class:`SupernetSource` (a loaded :class:`Supernet` is wrapped)."""
+    return supernet if isinstance(supernet, SupernetSource) else SupernetSource.from_supernet(supernet)
+
+
+def as_loaded(supernet: Supernet | SupernetSource) -> Supernet:
+    """The loaded super-network: ``supernet`` itself, or a source's weights (loaded on first need)."""
+    return supernet.load() if isinstance(supernet, SupernetSource) else supernet
+
+
 def state_dict_sha256(module: nn.Module | Mapping[str, torch.Tensor]) -> str:
     r"""The weights checksum used everywhere (hex SHA-256).
 
@@ -114,18 +274,19 @@ def state_dict_sha256(module: nn.Module | Mapping[str, torch.Tensor]) -> str:
     ``key.encode("utf-8") + b"\\n" + ",".join(shape).encode() + b"\\n"`` and the tensor's
     values converted to float32, C-contiguous, little-endian. It does not depend on the
     device, on the stored dtype of float32-representable values (an fp16 file and its
-    fp32 load hash the same), or on the active sub-network.
+    fp32 load hash the same), or on the active sub-network. Computed by
+    :func:`dynamic_ofa_ros.checksum.entries_sha256`, whose NumPy form
+    (:func:`~dynamic_ofa_ros.checksum.array_state_sha256`) gives the same digest without torch.
     """
+    import torch
+    from torch import nn
+
     state = module.state_dict() if isinstance(module, nn.Module) else module
-    digest = hashlib.sha256(_HASH_HEADER)
-    for key in sorted(state):
-        tensor = state[key]
-        if not tensor.is_floating_point():
-            continue
-        values = tensor.detach().to(device="cpu", dtype=torch.float32).contiguous().numpy()
-        digest.update(key.encode("utf-8") + b"\n" + ",".join(str(s) for s in values.shape).encode() + b"\n")
-        digest.update(values.astype("<f4", copy=False).tobytes())
-    return digest.hexdigest()
+    return entries_sha256(
+        (key, state[key].detach().to(device="cpu", dtype=torch.float32).contiguous().numpy())
+        for key in sorted(state)
+        if state[key].is_floating_point()
+    )
 
 
 def cache_dir() -> Path:
@@ -143,236 +304,29 @@ def ofa_zoo_cache_path(net_id: str = SUPERNET_NAME) -> Path:
     return cache_dir() / "ofa_nets" / net_id
 
 
-def _move_to(net: nn.Module, device: str | torch.device) -> nn.Module:
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ModelSourceError(
-            f"device {device!r} requested but CUDA is not available here; use device='cpu'"
-        )
-    return net.to(dev).eval()
-
-
-def _ofa_key(key: str, model_keys: set[str]) -> str | None:
-    """Map an OFA checkpoint key (old or new naming, optional ``module.`` prefix) to ``model_keys``."""
-    new = key.removeprefix("module.").replace(".mobile_inverted_conv.", ".conv.")
-    if new in model_keys:
-        return new
-    for old, rep in (
-        (".bn.bn.", ".bn."),
-        (".conv.conv.weight", ".conv.weight"),
-        (".linear.linear.", ".linear."),
-        (".linear.", ".linear.linear."),
-        ("bn.", "bn.bn."),
-        ("conv.weight", "conv.conv.weight"),
-    ):
-        if old in new:
-            cand = new.replace(old, rep)
-            if cand in model_keys:
-                return cand
-    return None
-
-
-def _load_weights(net: nn.Module, state: Mapping[str, Any], *, where: str) -> None:
-    """Load ``state`` into ``net``; every floating tensor of ``net`` must be provided with the right shape."""
-    own = net.state_dict()
-    own_keys = set(own)
-    merged: dict[str, torch.Tensor] = {}
-    unknown: list[str] = []
-    for key, value in state.items():
-        if not isinstance(value, torch.Tensor):
-            raise ModelSourceError(f"{where}: entry {key!r} is a {type(value).__name__}, not a tensor")
-        target = _ofa_key(key, own_keys)
-        if target is None:
-            unknown.append(key)
-            continue
-        if tuple(value.shape) != tuple(own[target].shape):
-            raise ModelSourceError(
-                f"{where}: {key!r} has shape {tuple(value.shape)} but the super-network expects "
-                f"{tuple(own[target].shape)} for {target!r}; this checkpoint is for another architecture"
-            )
-        merged[target] = value.to(own[target].dtype)
-    missing = sorted(k for k in own_keys if own[k].is_floating_point() and k not in merged)
-    if unknown or missing:
-        detail = []
-        if missing:
-            detail.append(f"{len(missing)} missing (e.g. {missing[0]!r})")
-        if unknown:
-            detail.append(f"{len(unknown)} unexpected (e.g. {unknown[0]!r})")
-        raise ModelSourceError(
-            f"{where}: the weights do not match {SUPERNET_NAME}: {', '.join(detail)}; "
-            "pass a checkpoint of this OFA MobileNetV3 super-network"
-        )
-    for key, value in own.items():
-        merged.setdefault(key, value)
-    with torch.no_grad():
-        # nn.Module's loader, not OFA's override (which silently keeps missing weights)
-        nn.Module.load_state_dict(net, merged, strict=True)
-
-
-def _from_manifest_dir(folder: Path, *, source: str, device: str | torch.device) -> Supernet:
-    manifest, state = _embedded.read_state(folder)
-    net = build_ofa_mbv3(
-        n_classes=manifest["n_classes"],
-        width_mult=float(manifest["width_mult"]),
-        ks_list=tuple(manifest["ks_list"]),
-        expand_ratio_list=tuple(manifest["expand_ratio_list"]),
-        depth_list=tuple(manifest["depth_list"]),
-    )
-    _load_weights(net, state, where=str(folder / _embedded.MANIFEST_NAME))
-    sha = state_dict_sha256(net)
-    if sha != manifest["state_dict_sha256"]:
-        raise ModelSourceError(
-            f"{folder}: the loaded weights hash to {sha[:12]}..., the manifest says "
-            f"{manifest['state_dict_sha256'][:12]}...; the shards and manifest are from different exports: "
-            "restore the folder from the repository or re-export it"
-        )
-    return Supernet(
-        net=_move_to(net, device),
-        name=str(manifest["name"]),
-        source=source,
-        sha256=sha,
-        resolutions=tuple(sorted(int(r) for r in manifest["resolutions"])),
-        meaningful_accuracy=True,
-        n_classes=int(manifest["n_classes"]),
-        width_mult=float(manifest["width_mult"]),
-        metadata={k: v for k, v in manifest.items() if k not in ("shards",)},
-    )
-
-
-def _download(url: str, target: Path) -> None:
-    from tqdm import tqdm  # type: ignore[import-untyped]
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=_DOWNLOAD_TIMEOUT_S) as resp:
-            total = int(resp.headers.get("Content-Length") or 0) or None
-            with tqdm(
-                total=total, unit="B", unit_scale=True, desc=f"download {target.name}", leave=False
-            ) as bar:
-                while True:
-                    block = resp.read(1 << 20)
-                    if not block:
-                        break
-                    out.write(block)
-                    bar.update(len(block))
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _from_ofa_zoo(net_id: str, *, device: str | torch.device, download: bool) -> Supernet:
-    net = ofa_zoo_net(net_id)
+def ofa_zoo_weights_file(net_id: str = SUPERNET_NAME) -> Path:
+    """The OFA weights file to read: the cached one, else one in ofa's own folder, else the cache path."""
     path = ofa_zoo_cache_path(net_id)
     legacy = Path.home() / ".torch" / "ofa_nets" / net_id  # ofa.utils.download_url's default folder
-    if not path.is_file() and legacy.is_file():
-        path = legacy
-    if not path.is_file():
-        url = OFA_ZOO_URL_BASE + net_id
-        if not download:
-            raise ModelSourceError(f"OFA weights not cached at {path} and downloading is disabled")
-        try:
-            _download(url, path)
-        except (urllib.error.URLError, OSError, TimeoutError) as exc:
-            raise ModelSourceError(
-                f"cannot download the OFA ImageNet weights from {url} ({exc}). Without internet: download "
-                f"that file elsewhere and copy it to {path} (or set DOFA_CACHE to the folder holding "
-                f"ofa_nets/{net_id}), or use --model embedded or a checkpoint path"
-            ) from exc
-    state = _read_torch_file(path)
-    _load_weights(net, state, where=str(path))
-    return Supernet(
-        net=_move_to(net, device),
-        name=net_id,
-        source="ofa_zoo",
-        sha256=state_dict_sha256(net),
-        resolutions=OFA_RESOLUTIONS,
-        meaningful_accuracy=True,
-        metadata={"url": OFA_ZOO_URL_BASE + net_id, "file": str(path), "dataset": "ImageNet-1k"},
-    )
+    return legacy if not path.is_file() and legacy.is_file() else path
 
 
-def _read_torch_file(path: Path) -> Mapping[str, Any]:
+def _random_seed(text: str, allow_random: bool) -> int:
+    if not allow_random:
+        raise ModelSourceError(
+            "a random-weight super-network was requested but not allowed: its accuracy is meaningless. "
+            "Pass allow_random=True (CLI: --allow-random) for latency-only work, or use "
+            "'embedded', 'ofa_zoo' or a checkpoint path"
+        )
+    seed_text = text.partition(":")[2] or "0"
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError ... for bad files
-        raise ModelSourceError(
-            f"{path}: cannot read it with torch.load(weights_only=True) ({type(exc).__name__}: {exc}); "
-            "the file is truncated, not a state dict, or needs code to unpickle (convert it to .safetensors)"
-        ) from exc
-    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
-        obj = obj["state_dict"]
-    if not isinstance(obj, Mapping):
-        raise ModelSourceError(
-            f"{path}: expected a state dict or {{'state_dict': ...}}, got {type(obj).__name__}"
-        )
-    return obj
+        return int(seed_text)
+    except ValueError as exc:
+        raise ModelSourceError(f"model source {text!r}: the seed after 'random:' must be an integer") from exc
 
 
-def _from_checkpoint(path: Path, *, device: str | torch.device) -> Supernet:
-    meta: dict[str, Any] = {}
-    if path.is_dir():
-        return _from_manifest_dir(path, source=str(path), device=device)
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError, safe_open
-
-        try:
-            state: Mapping[str, Any] = {}
-            with safe_open(str(path), framework="pt") as fh:
-                raw_meta = fh.metadata() or {}
-                state = {key: fh.get_tensor(key) for key in fh.keys()}  # noqa: SIM118 (safe_open has no __iter__)
-        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-            raise ModelSourceError(f"{path}: not a readable safetensors file ({exc})") from exc
-        if "dynamic_ofa_ros" in raw_meta:
-            try:
-                meta = json.loads(raw_meta["dynamic_ofa_ros"])
-            except json.JSONDecodeError:
-                meta = {}
-    elif path.suffix in (".pth", ".pt", ".tar", ".ckpt") or path.suffix == "":
-        state = _read_torch_file(path)
-    else:
-        raise ModelSourceError(
-            f"{path}: unknown checkpoint type {path.suffix!r}; use .safetensors or .pth/.pt"
-        )
-    net = build_ofa_mbv3(
-        n_classes=int(meta.get("n_classes", _infer_classes(state))),
-        width_mult=float(meta.get("width_mult", 1.2)),
-    )
-    _load_weights(net, state, where=str(path))
-    resolutions = tuple(int(r) for r in meta.get("resolutions", OFA_RESOLUTIONS))
-    return Supernet(
-        net=_move_to(net, device),
-        name=str(meta.get("name", SUPERNET_NAME)),
-        source=str(path),
-        sha256=state_dict_sha256(net),
-        resolutions=resolutions,
-        meaningful_accuracy=bool(meta.get("meaningful_accuracy", True)),
-        metadata=meta,
-    )
-
-
-def _infer_classes(state: Mapping[str, Any]) -> int:
-    for key, value in state.items():
-        suffixes = ("classifier.linear.weight", "classifier.linear.linear.weight")
-        if key.endswith(suffixes) and isinstance(value, torch.Tensor) and value.dim() == 2:
-            return int(value.shape[0])
-    return 1000
-
-
-def _random(seed: int, *, device: str | torch.device) -> Supernet:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = build_ofa_mbv3()
-    return Supernet(
-        net=_move_to(net, device),
-        name=SUPERNET_NAME,
-        source=f"random:{seed}",
-        sha256=state_dict_sha256(net),
-        resolutions=OFA_RESOLUTIONS,
-        meaningful_accuracy=False,
-        metadata={"note": "random weights: any accuracy measured with them is meaningless"},
-    )
+def _is_ofa_zoo(text: str) -> bool:
+    return text in ("ofa_zoo", f"ofa_zoo:{SUPERNET_NAME}")
 
 
 def load_supernet(
@@ -386,32 +340,72 @@ def load_supernet(
 
     ``download=False`` forbids fetching the OFA weights when they are not cached.
     """
+    from dynamic_ofa_ros import supernet_loaders as loaders
+
     text = os.fspath(source)
     if text == "embedded":
-        return _from_manifest_dir(_embedded.EMBEDDED_DIR, source="embedded", device=device)
-    if text in ("ofa_zoo", f"ofa_zoo:{SUPERNET_NAME}"):
-        return _from_ofa_zoo(SUPERNET_NAME, device=device, download=download)
+        return loaders.from_manifest_dir(_embedded.EMBEDDED_DIR, source="embedded", device=device)
+    if _is_ofa_zoo(text):
+        return loaders.from_ofa_zoo(SUPERNET_NAME, device=device, download=download)
     if text == "random" or text.startswith("random:"):
-        if not allow_random:
-            raise ModelSourceError(
-                "a random-weight super-network was requested but not allowed: its accuracy is meaningless. "
-                "Pass allow_random=True (CLI: --allow-random) for latency-only work, or use "
-                "'embedded', 'ofa_zoo' or a checkpoint path"
-            )
-        seed_text = text.partition(":")[2] or "0"
-        try:
-            seed = int(seed_text)
-        except ValueError as exc:
-            raise ModelSourceError(
-                f"model source {text!r}: the seed after 'random:' must be an integer"
-            ) from exc
-        return _random(seed, device=device)
+        return loaders.random_supernet(_random_seed(text, allow_random), device=device)
     path = Path(text).expanduser()
     if not path.exists():
         raise ModelSourceError(
             f"model source {text!r} is neither 'embedded', 'ofa_zoo', 'random' nor an existing file or folder"
         )
-    return _from_checkpoint(path, device=device)
+    return loaders.from_checkpoint(path, device=device)
+
+
+def _identified(text: str, load: Callable[[], Supernet]) -> SupernetSource | None:
+    """A source identified without torch (embedded layout; a file in the identity index), else ``None``."""
+    if text == "embedded" or (not _is_ofa_zoo(text) and Path(text).expanduser().is_dir()):
+        folder = _embedded.EMBEDDED_DIR if text == "embedded" else Path(text).expanduser()
+        manifest = _embedded.verify_embedded(folder)
+        record = {**manifest, "sha256": manifest["state_dict_sha256"], "meaningful_accuracy": True}
+        metadata = {k: v for k, v in manifest.items() if k != "shards"}
+        source = "embedded" if text == "embedded" else str(folder)
+        return SupernetSource.from_record({**record, "metadata": metadata}, source=source, loader=load)
+    weights = ofa_zoo_weights_file() if _is_ofa_zoo(text) else Path(text).expanduser()
+    if not weights.is_file():
+        return None
+    try:
+        indexed = IdentityIndex().lookup(FileStamp.of(weights))
+    except OSError:
+        return None  # unreadable: the loader reports it
+    if indexed is None:
+        return None
+    if _is_ofa_zoo(text):
+        indexed["metadata"] = {**indexed["metadata"], "file": str(weights)}
+    return SupernetSource.from_record(
+        indexed, source="ofa_zoo" if _is_ofa_zoo(text) else str(weights), loader=load
+    )
+
+
+def open_supernet(
+    source: str | os.PathLike[str],
+    *,
+    device: str | torch.device = "cpu",
+    allow_random: bool = False,
+    download: bool = True,
+) -> SupernetSource:
+    """The super-network of ``source``, identified without loading its weights where possible.
+
+    Same arguments and errors as :func:`load_supernet`. An embedded folder (``"embedded"`` or a
+    path) is identified by its manifest after every shard's size and SHA-256 were checked; OFA's
+    ImageNet file or a checkpoint file by the identity index (a file loaded before, same size and
+    SHA-256). Anything else -- random weights, a file never loaded -- is loaded now (and a file
+    then recorded in the index). :meth:`SupernetSource.load` loads the weights on first need.
+    """
+    text = os.fspath(source)
+
+    def load() -> Supernet:
+        return load_supernet(text, device=device, allow_random=allow_random, download=download)
+
+    if text == "random" or text.startswith("random:"):
+        _random_seed(text, allow_random)  # refused before anything is loaded, as load_supernet does
+    identified = _identified(text, load)
+    return identified if identified is not None else SupernetSource.from_supernet(load())
 
 
 def export_embedded(
@@ -429,39 +423,6 @@ def export_embedded(
     what :func:`load_supernet` will load) are filled in. Raises :class:`ModelSourceError`
     when a weight does not fit in float16. Returns the manifest written.
     """
-    if not is_ofa_mbv3(net):
-        raise ModelSourceError(
-            f"export_embedded needs an OFAMobileNetV3 super-network, got {type(net).__name__}"
-        )
-    for key in ("resolutions", "dataset", "training"):
-        if key not in metadata:
-            raise ModelSourceError(f"export_embedded: metadata[{key!r}] is required")
-    state: dict[str, torch.Tensor] = {}
-    for key, tensor in net.state_dict().items():
-        if not tensor.is_floating_point():
-            continue
-        values = tensor.detach().to("cpu", torch.float32)
-        peak = float(values.abs().max()) if values.numel() else 0.0
-        if not np.isfinite(peak) or peak > _embedded.FP16_MAX:
-            raise ModelSourceError(
-                f"export_embedded: {key} reaches {peak:g}, beyond float16's range; fix the training first"
-            )
-        state[key] = values.half().float()
-    ks, e, d = supernet_space_lists(net)
-    ofa_net: Any = net
-    classifier = ofa_net.classifier.linear
-    fields: dict[str, Any] = {
-        "name": str(metadata.get("name", SUPERNET_NAME)),
-        "state_dict_sha256": state_dict_sha256(state),
-        "n_classes": int(classifier.out_features),
-        "width_mult": float(ofa_net.width_mult),
-        "ks_list": list(ks),
-        "expand_ratio_list": list(e),
-        "depth_list": list(d),
-        "resolutions": sorted(int(r) for r in metadata["resolutions"]),
-        "dataset": str(metadata["dataset"]),
-        "training": dict(metadata["training"]),
-    }
-    for key, value in metadata.items():
-        fields.setdefault(key, value)
-    return _embedded.write_embedded(state, out_dir, manifest_fields=fields, shard_mb=shard_mb)
+    from dynamic_ofa_ros import supernet_loaders
+
+    return supernet_loaders.export_embedded(net, out_dir, metadata=metadata, shard_mb=shard_mb)

@@ -18,13 +18,9 @@ import warnings
 import torch
 from torch import nn
 
-__all__ = ["EXPORT_FORMAT", "INPUT_NAME", "OPSET", "OUTPUT_NAME", "export_onnx", "exporter_version"]
+from dynamic_ofa_ros.backends.onnx_spec import EXPORT_FORMAT, INPUT_NAME, OPSET, OUTPUT_NAME, exporter_version
 
-INPUT_NAME = "input"
-OUTPUT_NAME = "probs"
-OPSET = 17
-#: Bumped whenever the exported graph changes for the same module (part of the cache key).
-EXPORT_FORMAT = 1
+__all__ = ["EXPORT_FORMAT", "INPUT_NAME", "OPSET", "OUTPUT_NAME", "export_onnx", "exporter_version"]
 
 
 class _WithSoftmax(nn.Module):
@@ -36,11 +32,6 @@ class _WithSoftmax(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.module(x), dim=1)
-
-
-def exporter_version() -> str:
-    """What produced the ONNX files (part of the cache key): torch, opset and our format."""
-    return f"torch {torch.__version__} opset {OPSET} format {EXPORT_FORMAT}"
 
 
 def export_onnx(module: nn.Module, resolution: int) -> bytes:

@@ -33,12 +33,13 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from dynamic_ofa_ros.errors import ModelSourceError
 from dynamic_ofa_ros.timing import atomic_write_bytes, atomic_write_text, sha256_bytes
+
+if TYPE_CHECKING:  # reading the manifest needs no torch; only the weights do
+    import torch
 
 __all__ = [
     "EMBEDDED_DIR",
@@ -47,6 +48,7 @@ __all__ = [
     "SHARD_PATTERN",
     "read_manifest",
     "read_state",
+    "verify_embedded",
     "write_embedded",
 ]
 
@@ -162,6 +164,42 @@ def _check_shards(path: Path, shards: list[Any]) -> None:
             raise ModelSourceError(f"{path}: shards[{i}].file {shard['file']!r} must be a plain file name")
 
 
+def _read_shard(folder: Path, shard: dict[str, Any]) -> bytes:
+    """A shard's bytes, after checking its size and SHA-256 against the manifest (nothing parsed)."""
+    path = folder / str(shard["file"])
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise ModelSourceError(
+            f"embedded-model shard {path} is missing (listed in {folder / MANIFEST_NAME}); restore it "
+            "from the repository (git checkout / git lfs pull) or re-export the model"
+        ) from exc
+    except OSError as exc:
+        raise ModelSourceError(f"cannot read embedded-model shard {path}: {exc}") from exc
+    if len(data) != shard["bytes"] or sha256_bytes(data) != shard["sha256"]:
+        raise ModelSourceError(
+            f"embedded-model shard {path} is corrupt or truncated ({len(data)} bytes, manifest says "
+            f"{shard['bytes']}; SHA-256 differs from the manifest): restore it from the repository"
+        )
+    return data
+
+
+def verify_embedded(directory: str | os.PathLike[str] = EMBEDDED_DIR) -> dict[str, Any]:
+    """The manifest, after every shard's size and SHA-256 was checked (hashing only: no torch).
+
+    The weights are then exactly those the manifest's ``state_dict_sha256`` was computed from
+    at export, so that checksum identifies the model without loading it.
+
+    Raises:
+        ModelSourceError: as :func:`read_manifest`, or a shard is missing, truncated or modified.
+    """
+    folder = Path(directory)
+    manifest = read_manifest(folder)
+    for shard in manifest["shards"]:
+        _read_shard(folder, shard)
+    return manifest
+
+
 def read_state(
     directory: str | os.PathLike[str] = EMBEDDED_DIR,
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -174,20 +212,7 @@ def read_state(
     state: dict[str, torch.Tensor] = {}
     for shard in manifest["shards"]:
         path = folder / shard["file"]
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError as exc:
-            raise ModelSourceError(
-                f"embedded-model shard {path} is missing (listed in {folder / MANIFEST_NAME}); restore it "
-                "from the repository (git checkout / git lfs pull) or re-export the model"
-            ) from exc
-        except OSError as exc:
-            raise ModelSourceError(f"cannot read embedded-model shard {path}: {exc}") from exc
-        if len(data) != shard["bytes"] or sha256_bytes(data) != shard["sha256"]:
-            raise ModelSourceError(
-                f"embedded-model shard {path} is corrupt or truncated ({len(data)} bytes, manifest says "
-                f"{shard['bytes']}; SHA-256 differs from the manifest): restore it from the repository"
-            )
+        data = _read_shard(folder, shard)
         try:
             tensors = st_load(data)
         except (SafetensorError, ValueError, RuntimeError) as exc:
@@ -219,6 +244,8 @@ def write_embedded(
     """
     if shard_mb <= 0:
         raise ModelSourceError(f"shard_mb={shard_mb} must be positive")
+    import torch
+
     torch_dtype = torch.float16 if dtype == "float16" else torch.float32
     from safetensors.torch import save as st_save
 
