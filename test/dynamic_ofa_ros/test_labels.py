@@ -1,4 +1,4 @@
-"""ImageNet class names come from torchvision's metadata and agree with the Imagenette mapping."""
+"""ImageNet class names: the shipped list is torchvision's and agrees with the Imagenette mapping."""
 
 from __future__ import annotations
 
@@ -20,3 +20,9 @@ def test_imagenet_labels() -> None:
     for index, name in expected.items():
         assert label(index) == name
     assert label(1000) == "class 1000" and label(-1) == "class -1"
+
+
+def test_shipped_names_are_torchvisions() -> None:
+    from torchvision.models import MobileNet_V3_Large_Weights
+
+    assert imagenet_labels() == tuple(MobileNet_V3_Large_Weights.IMAGENET1K_V1.meta["categories"])
