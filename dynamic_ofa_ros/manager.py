@@ -179,6 +179,12 @@ class ManagerConfig:
     * ``down_margin``: on a violation, jump to the most accurate level predicted to
       run within ``down_margin`` x budget.
     * ``max_budget_ms``: larger budgets are rejected as mistakes.
+    * ``early_verdict``: end a window as soon as its violation is certain -- so many frames
+      already exceed the budget that the window's statistic would exceed it whatever the
+      remaining frames measure -- instead of waiting for its last frame (with a 10-frame p95
+      window one frame far over budget can decide: the p95 interpolates towards the maximum).
+      Only once the level has run for a full window: moves stay at least a window apart, so
+      the controller never oscillates faster.
     """
 
     window_size: int = 10
@@ -189,6 +195,7 @@ class ManagerConfig:
     up_windows: int = 2
     down_margin: float = 0.95
     max_budget_ms: float = 60_000.0
+    early_verdict: bool = True
 
     def __post_init__(self) -> None:
         _check_int(self.window_size, "window_size", 1, 100_000)
@@ -507,7 +514,9 @@ class RuntimeManager:
                     self._win_over_t = self._clock() - lat / 1000.0
             win.append(lat)
             self._win_inf.append(inf)
-            if len(win) >= self._window_size:
+            if len(win) >= self._window_size or (
+                budget is not None and lat > budget and self._violation_certain(budget)
+            ):
                 decision = self._window_boundary()
             level = self._level
         if decision is not None:
@@ -649,6 +658,16 @@ class RuntimeManager:
             unmet=self._unmet,
             reason=reason,
         )
+
+    def _violation_certain(self, budget: float) -> bool:
+        """Whether the open window violates ``budget`` whatever its remaining frames measure."""
+        if not self._cfg.early_verdict or self._frames - self._since_frame < self._window_size:
+            return False
+        win = self._win_lat
+        missing = self._window_size - len(win)
+        if self._use_p95:  # the lowest the full window's p95 can be: the missing frames at 0 ms
+            return percentile([*win, *([0.0] * missing)], 95.0) > budget
+        return sum(win) > budget * self._window_size
 
     def _window_boundary(self) -> Decision | None:
         lat = self._win_lat

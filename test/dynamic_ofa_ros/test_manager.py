@@ -21,6 +21,7 @@ from dynamic_ofa_ros.manager import (
     level_specs,
     validate_levels,
 )
+from dynamic_ofa_ros.timing import percentile
 
 LATENCIES = (10.0, 14.0, 20.0, 28.0, 40.0)
 ACCURACIES = (70.0, 73.0, 76.0, 78.0, 80.0)
@@ -326,10 +327,40 @@ def test_step_up_needs_sustained_slack() -> None:
     run = make(ManagerConfig(up_windows=3), budget=30.0)
     drive(run, 2 * W, lambda f, lvl: profiled(lvl) * (2.0 if f >= W else 1.0))
     assert run.manager.current_level == 2
-    # load gone: slack in every window; the step up comes after exactly three windows
-    drive(run, 3 * W, lambda f, lvl: profiled(lvl))
+    down = run.switches[-1][0]
+    assert W < down <= 2 * W  # the violation is decided as soon as it is certain (early verdict)
+    # load gone: slack in every window; the step up comes after exactly three windows at level 2
+    drive(run, down + 3 * W - len(run.levels), lambda f, lvl: profiled(lvl))
     assert run.levels[-1] == 2 and run.manager.current_level == 3
-    assert run.switches[-1][0] == 5 * W
+    assert run.switches[-1][0] == down + 3 * W
+
+
+@pytest.mark.parametrize("statistic", ["p95", "mean"])
+def test_early_verdict_decides_as_soon_as_the_window_must_violate(statistic: str) -> None:
+    """Steady at the LUT choice, then a 3x load: the frame after which the window's statistic must
+    exceed the budget whatever the rest measure decides (p95: with the missing frames at 0 ms;
+    mean: the window's sum over 10 x budget). Without early verdict, the window's last frame."""
+    onset = 5 * W + 3  # mid-window
+    trace = lambda f, lvl: profiled(lvl) * (3.0 if f >= onset else 1.0)  # noqa: E731
+    early = make(ManagerConfig(window_size=W, violation_statistic=statistic), budget=30.0)
+    drive(early, 8 * W, trace)
+    late = make(ManagerConfig(window_size=W, violation_statistic=statistic, early_verdict=False), budget=30.0)
+    drive(late, 8 * W, trace)
+    first_early, first_late = early.switches[0][0], late.switches[0][0]
+    assert first_late == 6 * W  # the end of the window the load started in
+    window = [trace(f, 4) for f in range(5 * W, 6 * W)]
+
+    def certain(seen: list[float]) -> bool:
+        if statistic == "p95":
+            return percentile(seen + [0.0] * (W - len(seen)), 95.0) > 30.0
+        return sum(seen) > 30.0 * W
+
+    assert first_early == 5 * W + next(i + 1 for i in range(W) if certain(window[: i + 1]))
+    assert onset < first_early
+    assert first_early < first_late
+    assert_one_move_per_window(early)
+    # right after a move the next window is a full one: no early decision before W frames
+    assert all(b - a >= W for (a, _), (b, _) in zip(early.switches, early.switches[1:], strict=False))
 
 
 def test_up_margin_applies_above_the_lut_choice() -> None:
