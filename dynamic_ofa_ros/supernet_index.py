@@ -13,7 +13,7 @@ carries the SHA-256 of its entries and is ignored (then rewritten by the next lo
 does not match or the file cannot be read or parsed; an entry is used only for a file of the
 same size and SHA-256, and only if its fields have the expected types. A record is written only
 when the file did not change while it was loaded (size and modification time before and after),
-atomically.
+atomically; the :data:`MAX_ENTRIES` most recently recorded files are kept.
 """
 
 from __future__ import annotations
@@ -22,15 +22,18 @@ import contextlib
 import hashlib
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeGuard
 
 from dynamic_ofa_ros.timing import atomic_write_text, sha256_file
 
-__all__ = ["INDEX_FILE", "FileStamp", "IdentityIndex"]
+__all__ = ["INDEX_FILE", "MAX_ENTRIES", "FileStamp", "IdentityIndex"]
 
 INDEX_FILE = "supernet-index.json"
+#: At most this many files are remembered (the most recently recorded ones).
+MAX_ENTRIES = 32
 _FORMAT = "dynamic_ofa_ros.supernet_index"
 _VERSION = 1
 _IDENTITY_TYPES: dict[str, type | tuple[type, ...]] = {
@@ -74,6 +77,12 @@ class FileStamp:
 def _entries_sha256(entries: dict[str, Any]) -> str:
     text = json.dumps(entries, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _recorded(record: object) -> float:
+    """When an entry was recorded (0 for an entry without a time)."""
+    when = record.get("recorded") if isinstance(record, dict) else None
+    return float(when) if isinstance(when, (int, float)) and not isinstance(when, bool) else 0.0
 
 
 def _valid_identity(identity: object) -> TypeGuard[dict[str, Any]]:
@@ -129,7 +138,10 @@ class IdentityIndex:
         if not stamp.unchanged(path) or not _valid_identity(identity):
             return False
         entries = self._entries()
-        entries[stamp.sha256] = {"bytes": stamp.size, "identity": identity}
+        entries.pop(stamp.sha256, None)
+        entries[stamp.sha256] = {"bytes": stamp.size, "identity": identity, "recorded": time.time()}
+        by_age = sorted(entries, key=lambda k: _recorded(entries[k]), reverse=True)
+        entries = {k: entries[k] for k in by_age[:MAX_ENTRIES]}
         data = {
             "format": _FORMAT,
             "version": _VERSION,

@@ -32,6 +32,12 @@ def rand() -> Supernet:
     return load_supernet("random", allow_random=True)
 
 
+@pytest.fixture(autouse=True)
+def isolated_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Checkpoints loaded here are recorded in a temporary identity index, not the user's cache."""
+    monkeypatch.setenv("DOFA_CACHE_DIR", str(tmp_path / "compiled"))
+
+
 def test_random_needs_explicit_permission() -> None:
     with pytest.raises(ModelSourceError, match="allow_random"):
         load_supernet("random")

@@ -298,3 +298,22 @@ def test_auto_device_without_a_gpu_driver_imports_no_torch() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert done.stdout.split() == ["cpu", "False"]
+
+
+def test_the_index_keeps_the_most_recent_files(tmp_path: Path) -> None:
+    from dynamic_ofa_ros.supernet_index import MAX_ENTRIES, FileStamp, IdentityIndex
+
+    index = IdentityIndex(tmp_path)
+    identity = open_supernet("embedded").record()
+    stamps = []
+    for i in range(MAX_ENTRIES + 3):
+        path = tmp_path / f"w{i}.bin"
+        path.write_bytes(bytes([i]) * 10)
+        stamps.append(FileStamp.of(path))
+        assert index.record(path, stamps[-1], {**identity, "name": f"model {i}"})
+    assert all(index.lookup(s) is None for s in stamps[:3])
+    assert [index.lookup(s)["name"] for s in stamps[3:]] == [f"model {i}" for i in range(3, MAX_ENTRIES + 3)]
+    changed = tmp_path / "w3.bin"
+    changed.write_bytes(b"other bytes")
+    assert index.lookup(FileStamp.of(changed)) is None
+    assert not index.record(changed, stamps[3], identity)  # changed since it was stamped: not recorded
