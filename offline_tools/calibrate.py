@@ -7,10 +7,14 @@ For every level of a family (``dofa-levels search`` output, or any list of archi
 2. measure top-1 on the validation images, batched (skipped for random weights, whose accuracy
    is meaningless);
 3. count MACs;
-4. measure the latency on this device through :class:`dynamic_ofa_ros.engine.LevelEngine` in its
-   execution mode (threads on CPU, CUDA graphs on GPU): p50 and p95 of ``iterations`` frames
-   after ``warmup`` — or copy the latencies of the same architectures from another table
-   (``latency_from``; accuracy does not depend on the device, latency does).
+4. measure the latency on this device through :class:`dynamic_ofa_ros.engine.LevelEngine` in the
+   execution backend that will run the table (``backend``: ``torch`` -- eager with ``threads`` on
+   a CPU, CUDA graphs on a GPU -- or ``openvino``/``onnxruntime``, each level compiled as at run
+   time, the path ``dofa-levels reprofile`` measures in): p50 and p95 of ``iterations`` frames
+   after ``warmup``, and the table's ``profiling`` header names the backend
+   (:func:`dynamic_ofa_ros.backends.header.profiling_header`) -- or copy the latencies of the same
+   architectures from another table (``latency_from``; accuracy does not depend on the device,
+   latency does).
 
 Levels are then sorted by latency and only those that keep both latency and accuracy strictly
 increasing are kept (a measured Pareto front; the dropped ones are reported), renumbered 1..N and
@@ -21,9 +25,11 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -31,6 +37,7 @@ import torch
 from tqdm import tqdm  # type: ignore[import-untyped]
 
 from dynamic_ofa_ros.arch import SubnetConfig
+from dynamic_ofa_ros.backends.header import profiling_header, table_backend
 from dynamic_ofa_ros.errors import ArchitectureError, DofaError
 from dynamic_ofa_ros.levels import Level, LevelTable
 from dynamic_ofa_ros.timing import device_kind, device_name, summarize
@@ -41,7 +48,13 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from dynamic_ofa_ros.supernet import Supernet
     from offline_tools.datasets import ImageSet
 
-__all__ = ["CalibrationError", "CalibrationResult", "calibrate_levels", "measure_engine_latency"]
+__all__ = [
+    "CalibrationError",
+    "CalibrationResult",
+    "calibrate_levels",
+    "default_backend",
+    "measure_engine_latency",
+]
 
 
 class CalibrationError(DofaError):
@@ -85,7 +98,19 @@ def _with_threads(threads: int | None) -> int:
     return previous
 
 
-def measure_engine_latency(
+def default_backend(family: LevelTable | Sequence[SubnetConfig], device: str) -> str:
+    """The backend a family is calibrated in by default: its latency table's on a CPU, else torch.
+
+    A family searched on a latency table carries the table's metadata in its ``profiling``
+    header (``backend``: the table's backend; absent for torch tables and OFA's); on CUDA the
+    engine runs torch (CUDA graphs).
+    """
+    if device_kind(device) != "cpu" or not isinstance(family, LevelTable):
+        return "torch"
+    return table_backend(family.profiling)
+
+
+def measure_engine_latency(  # noqa: PLR0913 - keyword-only options of the engine and the timing
     supernet: Supernet,
     table: LevelTable,
     image: np.ndarray,
@@ -96,19 +121,34 @@ def measure_engine_latency(
     warmup: int = 10,
     iterations: int = 50,
     rounds: int = 5,
+    backend: str = "torch",
+    precision: str = "f32",
+    cache_dir: str | os.PathLike[str] | None = None,
     progress: bool = True,
 ) -> tuple[dict[int, tuple[float, float]], dict[str, Any]]:
     """``{level: (p50 ms, p95 ms)}`` of every level through the runtime engine, and the engine's mode.
 
-    Every level first runs ``warmup`` frames of ``image``; then ``rounds`` passes over the levels
-    each time ``iterations / rounds`` timed frames per level (after one untimed frame following
-    the switch), so that a slow period of a shared machine hits all levels alike rather than
-    one. Only frames that ran on the intended level count.
+    The engine runs ``backend`` as ``dofa-levels reprofile`` runs it (``check_backend=False``: the
+    provisional table names no backend yet; a compiled backend exports each level with its BN
+    statistics into the artefact cache, ``cache_dir`` or the platform's, and compiles it with
+    ``threads`` and ``precision``). Every level first runs ``warmup`` frames of ``image``; then
+    ``rounds`` passes over the levels each time ``iterations / rounds`` timed frames per level
+    (after one untimed frame following the switch), so that a slow period of a shared machine
+    hits all levels alike rather than one. Only frames that ran on the intended level count.
     """
     from dynamic_ofa_ros.engine import LevelEngine
 
     engine = LevelEngine(
-        supernet, table, device=device, threads=threads, cuda_graphs=cuda_graphs, check_device=False
+        supernet,
+        table,
+        device=device,
+        threads=threads,
+        cuda_graphs=cuda_graphs,
+        check_device=False,
+        backend=backend,
+        precision=precision,
+        check_backend=False,
+        cache_dir=None if cache_dir is None else Path(cache_dir),
     )
     samples: dict[int, list[float]] = {lv.level: [] for lv in table.levels}
     rounds = max(1, min(rounds, iterations))
@@ -151,7 +191,10 @@ def _engine_mode(engine: LevelEngine) -> dict[str, Any]:
     """The execution mode the engine chose (what the latencies were measured in)."""
     per_level = list(engine.execution.values())
     modes = sorted({str(v.get("mode")) for v in per_level}) or ["eager"]
-    info: dict[str, Any] = {"mode": modes[0] if len(modes) == 1 else "+".join(modes)}
+    info: dict[str, Any] = {
+        "mode": modes[0] if len(modes) == 1 else "+".join(modes),
+        "backend": engine.backend,
+    }
     if engine.threads is not None:
         info["threads"] = engine.threads
     if any(v.get("half") for v in per_level):
@@ -173,6 +216,9 @@ class _RunOptions:
     iterations: int
     progress: bool
     executor: ExecutorSpec
+    backend: str = "torch"
+    precision: str = "f32"
+    cache_dir: str | os.PathLike[str] | None = None
 
 
 @dataclass
@@ -226,6 +272,9 @@ def calibrate_levels(  # noqa: PLR0913 (keyword-only options, one per `dofa-leve
     extra: Mapping[str, Any] | None = None,
     progress: bool = True,
     executor: ExecutorSpec | None = None,
+    backend: str | None = None,
+    precision: str = "f32",
+    cache_dir: str | os.PathLike[str] | None = None,
 ) -> CalibrationResult:
     """Calibrate, evaluate and profile every level of ``family`` (see the module docstring).
 
@@ -251,6 +300,12 @@ def calibrate_levels(  # noqa: PLR0913 (keyword-only options, one per `dofa-leve
         progress: show progress bars.
         executor: where the levels are calibrated and evaluated (default: in this process; a
             parallel one is stopped before the latency is measured).
+        backend: the execution backend the latencies are measured in (``torch``, ``openvino``,
+            ``onnxruntime``; default :func:`default_backend`: the family's latency table's on a
+            CPU, else torch); named in the table's ``profiling`` header.
+        precision: the compiled backend's inference precision (explicit).
+        cache_dir: where a compiled backend keeps the levels' ONNX files (default: the
+            platform's cache folder, as the engine's).
 
     Returns:
         The table (not yet written), the time each phase took, the dropped levels and notes.
@@ -271,7 +326,17 @@ def calibrate_levels(  # noqa: PLR0913 (keyword-only options, one per `dofa-leve
         notes.append("random weights: accuracy not measured (it would be meaningless)")
     copied = None if latency_from is None else _copied_latencies(latency_from, configs)
     run = _RunOptions(
-        device, threads, cuda_graphs, batch_size, warmup, iterations, progress, executor or ExecutorSpec()
+        device,
+        threads,
+        cuda_graphs,
+        batch_size,
+        warmup,
+        iterations,
+        progress,
+        executor or ExecutorSpec(),
+        backend=backend or default_backend(family, device),
+        precision=precision,
+        cache_dir=cache_dir,
     )
 
     previous_threads = _with_threads(compute_threads if compute_threads is not None else threads)
@@ -428,6 +493,7 @@ def _measured_latencies(
         levels=provisional,
         bn={lv.level: calibrated.states[lv.config.key()] for lv in provisional},
     )
+    load_before = _load_average()
     measured, mode = measure_engine_latency(
         supernet,
         temp,
@@ -437,10 +503,26 @@ def _measured_latencies(
         cuda_graphs=run.cuda_graphs,
         warmup=run.warmup,
         iterations=run.iterations,
+        backend=run.backend,
+        precision=run.precision,
+        cache_dir=run.cache_dir,
         progress=run.progress,
     )
     header["profiling"].update(mode)
+    if device_kind(run.device) == "cpu":  # the backend fields of a level table (as reprofile writes)
+        header["profiling"].update(profiling_header(mode["backend"], precision=run.precision))
+        header["profiling"]["timed"] = "LevelEngine.infer of one photo (preprocessing + model)"
+        header["profiling"]["load_average"] = {"before": load_before, "after": _load_average()}
+    else:
+        header["profiling"].pop("backend", None)  # CUDA: torch, as tables without one say
     return {lv.config.key(): measured[lv.level] for lv in provisional}
+
+
+def _load_average() -> list[float]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:  # not available on this platform
+        return []
 
 
 def _measured_front(

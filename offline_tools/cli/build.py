@@ -1,12 +1,16 @@
 """``dofa-levels build``: profile (or reuse a latency table) → search → calibrate → a level table.
 
 The one command that turns a device and a model into ``config/levels/<device>.json`` (+ the BN
-file beside it), with the intermediate family, search report and Fig. 3 kept on request.
+file beside it), with the intermediate family, search report and Fig. 3 kept on request. One
+execution backend runs through it all: the latency table's (``--backend`` profiles in it with
+``--profile-out``, and must match a reused ``--latency-table``), and the levels' latency is
+measured in it through the engine.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -17,7 +21,7 @@ from dynamic_ofa_ros.levels import save_level_table
 from dynamic_ofa_ros.supernet import Supernet
 from offline_tools.cli.common import UsageError, add_progress_flag, check_out, progress_of, say, write_json
 from offline_tools.cli.executor import add_executor_args, executor_spec
-from offline_tools.cli.latency import ProfileRequest, TimingOptions, default_mode, run_profile
+from offline_tools.cli.latency import ProfileRequest, TimingOptions, run_profile
 from offline_tools.cli.levels import calibrate_family, closing_accuracy, search
 from offline_tools.cli.options import (
     AccuracyOptions,
@@ -26,6 +30,7 @@ from offline_tools.cli.options import (
     ModelOptions,
     SearchOptions,
     SpaceOptions,
+    add_backend_args,
     add_images_args,
     add_latency_args,
     add_model_args,
@@ -129,7 +134,12 @@ def _check(request: BuildRequest) -> None:
 def _latency_table(
     request: BuildRequest, model: Supernet, stages: dict[str, float]
 ) -> tuple[LatencyTable, str]:
-    """The latency table and its directory: profiled now (``profile_out``) or ``latency_table``."""
+    """The latency table and its directory: profiled now (``profile_out``) or ``latency_table``.
+
+    ``--backend`` profiles in that backend, and a reused table must have been profiled in it
+    (:meth:`~offline_tools.latency.table.LatencyTable.require_backend`).
+    """
+    backend = request.calibration.backend
     if request.profile_out:
         device = request.model.torch_device
         profile = ProfileRequest(
@@ -137,9 +147,10 @@ def _latency_table(
             resolutions=request.space.resolutions or tuple(model.resolutions),
             timing=TimingOptions(
                 device=device,
-                mode=default_mode(device),
                 threads=request.model.threads if request.model.threads is not None else 1,
                 progress=request.progress,
+                backend=backend,
+                precision=request.calibration.precision,
             ),
             validate=request.profile_validate,
         )
@@ -149,7 +160,9 @@ def _latency_table(
         table_dir = request.profile_out
     else:
         table_dir = str(request.latency_table)
-    return load_latency_table(table_dir), table_dir
+    table = load_latency_table(table_dir)
+    table.require_backend(backend, request.calibration.precision if backend else None, consumer="build")
+    return table, table_dir
 
 
 def run_build(request: BuildRequest) -> dict[str, Any]:
@@ -188,7 +201,7 @@ def run_build(request: BuildRequest) -> dict[str, Any]:
         model,
         family,
         model_options=request.model,
-        options=request.calibration,
+        options=dataclasses.replace(request.calibration, backend=table.backend),
         latency_from=None,
         device_label=device,
         progress=request.progress,
@@ -267,6 +280,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_space_args(b)
     add_search_args(b)
     add_model_args(b, required=True)
+    add_backend_args(b)
     add_images_args(b, calib_default=2000)
     add_executor_args(b)
     add_progress_flag(b)

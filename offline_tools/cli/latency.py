@@ -1,8 +1,11 @@
 """``dofa-levels profile`` and ``dofa-levels validate-latency``: a device's per-operator latency table.
 
-``profile`` times every operator of the search space on this device and writes the table
+``profile`` times every operator of the search space on this device, in an execution backend
+(``--backend torch``: eager torch or CUDA graphs, as today; ``openvino``/``onnxruntime``: each
+operator compiled by that runtime, as the engine compiles a level), and writes the table
 (optionally validating it on random sub-networks and storing a fitted correction);
-``validate-latency`` measures random sub-networks end to end against an existing table.
+``validate-latency`` measures random sub-networks end to end, in the table's backend, against an
+existing table.
 """
 
 from __future__ import annotations
@@ -14,11 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dynamic_ofa_ros.backends import BACKENDS, PRECISIONS
 from dynamic_ofa_ros.timing import atomic_write_text
 from offline_tools.cli.common import add_progress_flag, progress_of
 from offline_tools.cli.executor import add_executor_args
 from offline_tools.errors import LatencyTableError
 from offline_tools.executors import refuse_parallel
+from offline_tools.latency.compiled import OPERATOR_LAYOUTS
 from offline_tools.latency.profile import (
     PROFILE_ITERATIONS,
     PROFILE_ROUNDS,
@@ -58,25 +63,32 @@ class TimingOptions:
     """Where and how to time: shared by profiling and validation."""
 
     device: str = "cpu"
-    mode: str = "eager"
+    mode: str | None = None
+    """``None``: the backend's mode on the device (eager / cuda_graph for torch, compiled)."""
     threads: int | None = 1
     cuda_replays: int = 10
     seed: int = 0
     clock: str | None = None
     """``None``: ``auto`` when profiling, the table's clock when validating."""
     progress: bool = True
+    backend: str | None = None
+    """``None``: ``torch`` when profiling, the table's backend when validating."""
+    precision: str | None = None
+    """``None``: ``f32`` when profiling, the table's precision when validating."""
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> TimingOptions:
         """The options of :func:`_add_timing_args`."""
         return cls(
             device=args.device,
-            mode=default_mode(args.device, args.mode),
+            mode=args.mode,
             threads=args.threads,
             cuda_replays=args.cuda_replays,
             seed=args.seed,
             clock=args.clock,
             progress=progress_of(args),
+            backend=args.backend,
+            precision=args.precision,
         )
 
 
@@ -99,6 +111,8 @@ class ProfileRequest:
     """Validation report path (default ``<out>/validation.json``)."""
     executor: str = "local"
     """Only ``local``: a parallel executor is refused (:func:`~offline_tools.executors.refuse_parallel`)."""
+    operator_layout: str | None = None
+    """Compiled backends: how operators are fed and read (``None``: the backend's default)."""
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ProfileRequest:
@@ -116,6 +130,7 @@ class ProfileRequest:
             paired=args.paired,
             report=Path(args.report) if args.report else None,
             executor=args.executor,
+            operator_layout=args.operator_layout,
         )
 
 
@@ -172,11 +187,13 @@ def _error_line(name: str, s: Mapping[str, float]) -> str:
 
 def print_validation(report: Mapping[str, Any]) -> None:
     """Print the error blocks of a validation report (one line each) on stdout."""
+    backend = report.get("backend", "torch")
     print(
-        f"validation on {report['device_name']} ({report['mode']}, threads={report['threads']}),"
+        f"validation on {report['device_name']} ({backend} {report['mode']}, threads={report['threads']}),"
         f" {report['n_subnets']} sub-networks, {report['seconds']} s:"
     )
-    print(f"  clock: {report['clock']}")
+    load = report.get("load_average") or {}
+    print(f"  clock: {report['clock']}; load average before {load.get('before')}, after {load.get('after')}")
     if report.get("preempted_fraction") is not None:
         table_part = (
             f", {100 * report['table_preempted_fraction']:.0f} % of the table's operator runs"
@@ -240,12 +257,17 @@ def run_profile(request: ProfileRequest) -> Path:
         cuda_replays=timing.cuda_replays,
         clock=timing.clock or "auto",
         seed=timing.seed,
+        backend=timing.backend or "torch",
+        precision=timing.precision or "f32",
+        operator_layout=request.operator_layout,
         progress=timing.progress,
     )
+    meta = table.metadata
     print(
         f"profiled {sum(len(table.keys(r)) for r in table.resolutions)} operators at resolutions"
-        f" {list(table.resolutions)} in {table.metadata['profile_seconds']} s"
-        f" on {table.metadata['device_name']}"
+        f" {list(table.resolutions)} in {meta['profile_seconds']} s on {meta['device_name']}"
+        f" ({table.backend} {meta['mode']}, clock {meta['clock']}, load average"
+        f" {meta['load_average']['before']} -> {meta['load_average']['after']})"
     )
     report: dict[str, Any] | None = None
     if request.validate:
@@ -261,7 +283,7 @@ def run_profile(request: ProfileRequest) -> Path:
             clock=timing.clock,
             cuda_replays=timing.cuda_replays,
             progress=timing.progress,
-        )
+        )  # in the table's backend
         print_validation(report)
         table = _fitted(table, report)
     table.save(request.out, overwrite=request.force)
@@ -296,6 +318,8 @@ def run_validate(request: ValidateRequest) -> dict[str, Any]:
         paired=request.paired,
         cuda_replays=timing.cuda_replays,
         clock=timing.clock,
+        backend=timing.backend,
+        precision=timing.precision,
         progress=timing.progress,
     )
     print_validation(report)
@@ -314,10 +338,28 @@ def run_validate(request: ValidateRequest) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 
-def _add_timing_args(p: argparse.ArgumentParser) -> None:
+def _add_timing_args(p: argparse.ArgumentParser, *, validating: bool) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument(
-        "--mode", choices=MODES, default=None, help="eager (CPU default) or cuda_graph (CUDA default)"
+        "--backend",
+        choices=BACKENDS,
+        default=None,
+        help="execution backend: torch (eager on a CPU, CUDA graphs on a GPU), or openvino / onnxruntime"
+        " (CPU: every operator compiled by that runtime, as the engine compiles a level); default "
+        + ("the table's" if validating else "torch"),
+    )
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=None,
+        help="inference precision of a compiled backend (explicit, never the runtime's default); default "
+        + ("the table's" if validating else "f32"),
+    )
+    p.add_argument(
+        "--mode",
+        choices=MODES,
+        default=None,
+        help="default: eager (torch, CPU), cuda_graph (torch, CUDA), compiled (openvino, onnxruntime)",
     )
     p.add_argument("--threads", type=int, default=1, help="CPU intra-op threads (default 1, the engine's)")
     p.add_argument(
@@ -331,7 +373,8 @@ def _add_timing_args(p: argparse.ArgumentParser) -> None:
         "--clock",
         choices=("auto", *CLOCKS),
         default=None,
-        help="CPU timing clock (default auto: thread CPU time with 1 thread, else wall)",
+        help="CPU timing clock (default auto: with 1 thread the thread's CPU time for torch and the"
+        " process's for a compiled backend, which may run work on threads of its own; else wall)",
     )
     add_progress_flag(p)
     add_executor_args(p, latency=True)
@@ -339,7 +382,14 @@ def _add_timing_args(p: argparse.ArgumentParser) -> None:
 
 def _add_profile_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("profile", help="per-operator latency table of this device")
-    _add_timing_args(p)
+    _add_timing_args(p, validating=False)
+    p.add_argument(
+        "--operator-layout",
+        choices=OPERATOR_LAYOUTS,
+        default=None,
+        help="compiled backends: operator input/output layout (default: channels_last for openvino,"
+        " nchw for onnxruntime; see docs/latency_tables.md)",
+    )
     p.add_argument("--resolutions", type=int, nargs="+", required=True, help="e.g. 96 112 128 144 160")
     p.add_argument("--out", required=True, help="output directory (<r>_lookup_table.json + metadata.json)")
     p.add_argument("--force", action="store_true", help="overwrite an existing table in --out")
@@ -361,7 +411,7 @@ def _add_profile_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
 
 def _add_validate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("validate-latency", help="measure random sub-networks against a latency table")
-    _add_timing_args(p)
+    _add_timing_args(p, validating=True)
     p.add_argument("--table", required=True, help="latency table directory")
     p.add_argument("--n-subnets", type=int, default=30)
     p.add_argument("--warmup", type=int, default=VALIDATE_WARMUP)

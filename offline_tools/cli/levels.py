@@ -39,6 +39,7 @@ from offline_tools.cli.options import (
     ModelOptions,
     SearchOptions,
     SpaceOptions,
+    add_backend_args,
     add_images_args,
     add_latency_args,
     add_model_args,
@@ -404,6 +405,9 @@ def calibrate_family(
         min_step=options.min_step,
         progress=progress,
         executor=executor,
+        backend=options.backend,
+        precision=options.precision,
+        cache_dir=options.cache_dir,
     )
 
 
@@ -516,6 +520,7 @@ def _add_calibrate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParse
         help="drop levels less than this many measured points above the previous (default 0)",
     )
     add_model_args(c, required=True)
+    add_backend_args(c)
     add_images_args(c, calib_default=2000)
     add_executor_args(c)
     add_progress_flag(c)

@@ -10,6 +10,7 @@ import argparse
 from dataclasses import dataclass
 
 from dynamic_ofa_ros.arch import SearchSpace
+from dynamic_ofa_ros.backends import BACKENDS, PRECISIONS
 from dynamic_ofa_ros.errors import ArchitectureError
 from offline_tools.cli.common import UsageError
 from offline_tools.search import SearchSettings
@@ -21,6 +22,7 @@ __all__ = [
     "ModelOptions",
     "SearchOptions",
     "SpaceOptions",
+    "add_backend_args",
     "add_images_args",
     "add_latency_args",
     "add_model_args",
@@ -293,10 +295,15 @@ class CalibrationOptions:
     cuda_graphs: bool = True
     min_step: float = 0.0
     """Drop levels less than this many measured points above the previous one."""
+    backend: str | None = None
+    """The backend the levels' latency is measured in (``None``: the latency table's, else torch)."""
+    precision: str = "f32"
+    cache_dir: str | None = None
+    """Where a compiled backend keeps the levels' ONNX files (``None``: the platform's cache)."""
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, *, min_step: float) -> CalibrationOptions:
-        """The images (``--calib*``, ``--val*``) and timing flags of ``calibrate``/``build``."""
+        """The images (``--calib*``, ``--val*``), timing and backend flags of ``calibrate``/``build``."""
         return cls(
             calibration=ImageOptions.from_args(args, "calib"),
             validation=ImageOptions.from_args(args, "val"),
@@ -304,7 +311,26 @@ class CalibrationOptions:
             iterations=args.iterations,
             cuda_graphs=not args.no_cuda_graphs,
             min_step=min_step,
+            backend=getattr(args, "backend", None),
+            precision=getattr(args, "precision", "f32"),
+            cache_dir=getattr(args, "cache_dir", None),
         )
+
+
+def add_backend_args(p: argparse.ArgumentParser) -> None:
+    """``--backend --precision --cache-dir``: what the levels' latency is measured in."""
+    g = p.add_argument_group("execution backend")
+    g.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=None,
+        help="measure the levels' latency in this backend, as the engine will run them (default: the"
+        " latency table's backend -- a family records it -- else torch)",
+    )
+    g.add_argument(
+        "--precision", choices=PRECISIONS, default="f32", help="a compiled backend's precision (default f32)"
+    )
+    g.add_argument("--cache-dir", help="compiled-level cache of a compiled backend (default: the platform's)")
 
 
 def add_latency_args(p: argparse.ArgumentParser) -> None:

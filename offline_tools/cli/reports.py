@@ -44,6 +44,8 @@ def _profiling_of(table: LatencyTable) -> dict[str, Any]:
     meta: dict[str, Any] = {
         k: v for k, v in table.metadata.items() if isinstance(v, str | int | float | bool) or v is None
     }
+    if isinstance(table.metadata.get("isa"), list):  # the backend header of a level table needs it whole
+        meta["isa"] = list(table.metadata["isa"])
     meta["latency_source"] = f"look-up table {table.name}"
     if table.correction is not None:
         meta["correction"] = table.correction.to_dict()

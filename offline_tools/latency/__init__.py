@@ -22,10 +22,14 @@ Modules (import them directly; this package module imports nothing):
   ``OperatorStats``, ``LatencyCorrection`` / ``fit_correction``, ``summarize_samples``; torch-free.
 * :mod:`~offline_tools.latency.runners` — timing machinery (runners per execution mode, clocks,
   the CPU allocator, interleaved passes); torch.
+* :mod:`~offline_tools.latency.compiled` — timing in a compiled backend (OpenVINO, ONNX
+  Runtime): operators and sub-networks exported to ONNX and compiled as the runtime compiles a
+  level (``CompiledRunner``, ``CompiledSettings``, the operator layout).
 * :mod:`~offline_tools.latency.profile` — ``profile_latency_table``: time every operator
-  standalone on this device.
+  standalone on this device, in an execution backend (``execution_setup``).
 * :mod:`~offline_tools.latency.validate` — ``measure_subnets`` and ``validate_latency_table``:
-  sub-networks end to end against the table's prediction, fitting a correction.
+  sub-networks end to end, in the table's backend, against the table's prediction, fitting a
+  correction.
 
 The command line is ``dofa-levels profile`` / ``dofa-levels validate-latency``
 (:mod:`offline_tools.cli.latency`).

@@ -1,9 +1,11 @@
 """Timing machinery shared by profiling and validation: runners, clocks, the CPU allocator.
 
 A :class:`Runner` holds one module with a static input, prepared for timing in the engine's
-execution mode (CPU eager, CUDA eager or CUDA graphs); :func:`round_robin` times many runners in
-interleaved passes. :func:`resolve_clock` picks the clock, :func:`stabilize_cpu_allocator` fixes
-glibc's allocator state so that every process measures the same steady state.
+execution mode (CPU eager, CUDA eager or CUDA graphs); a compiled backend's runner
+(:class:`~offline_tools.latency.compiled.CompiledRunner`) has the same interface
+(:class:`TimingRunner`). :func:`round_robin` times many runners in interleaved passes.
+:func:`resolve_clock` picks the clock, :func:`stabilize_cpu_allocator` fixes glibc's allocator
+state so that every process measures the same steady state.
 """
 
 from __future__ import annotations
@@ -11,10 +13,11 @@ from __future__ import annotations
 import ctypes
 import datetime as _dt
 import functools
+import os
 import platform
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -43,9 +46,12 @@ __all__ = [
     "Runner",
     "RunnerSettings",
     "Timed",
+    "TimingRunner",
     "build_operator",
+    "check_backend_mode",
     "check_counts",
     "check_device_mode",
+    "clock_note",
     "environment",
     "preempted_fraction",
     "progress_bar",
@@ -56,14 +62,35 @@ __all__ = [
     "stabilize_cpu_allocator",
     "torch_threads",
     "tracks_preemption",
+    "cpu_clock_ns",
+    "involuntary_switches",
+    "load_average",
 ]
 
-Mode = Literal["eager", "cuda_graph"]
-MODES: tuple[str, ...] = ("eager", "cuda_graph")
-CLOCKS: tuple[str, ...] = ("thread_cpu", "wall")
+Mode = Literal["eager", "cuda_graph", "compiled"]
+MODES: tuple[str, ...] = ("eager", "cuda_graph", "compiled")
+"""``eager``/``cuda_graph``: the torch backend; ``compiled``: OpenVINO or ONNX Runtime."""
+CLOCKS: tuple[str, ...] = ("thread_cpu", "process_cpu", "wall")
 
 Timed = tuple[list[float], list[float]]
-"""Samples of one runner in ms: ``(wall, thread_cpu)``; on CUDA both are the CUDA-event times."""
+"""Samples of one runner in ms: ``(wall, cpu)`` where ``cpu`` is the runner's CPU clock
+(``thread_cpu`` or ``process_cpu``); on CUDA both are the CUDA-event times."""
+
+
+class TimingRunner(Protocol):
+    """What :func:`round_robin` times: a prepared module with a static input."""
+
+    n_samples: int
+    n_preempted: int
+
+    def warm(self, n: int) -> None:
+        """``n`` untimed runs."""
+
+    def sample(self, n: int) -> Timed:
+        """``n`` timed runs: ``(wall, cpu)`` in ms."""
+
+    def close(self) -> None:
+        """Release what the runner holds."""
 
 
 class ProgressBar(Protocol):
@@ -98,12 +125,32 @@ def check_device_mode(device: str, mode: str) -> None:
     """Raise :class:`LatencyTableError` unless ``mode`` can run on ``device`` here."""
     if mode not in MODES:
         raise LatencyTableError(f"execution mode {mode!r} is not one of {', '.join(MODES)}")
+    if mode == "compiled" and device != "cpu":
+        raise LatencyTableError(
+            f"the compiled backends (openvino, onnxruntime) run on the CPU, not on {device!r};"
+            " use --backend torch there"
+        )
     if device != "cpu" and not device.startswith("cuda"):
         raise LatencyTableError(f"device {device!r} is not supported; use 'cpu' or 'cuda' / 'cuda:N'")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise LatencyTableError(f"device {device!r} requested but CUDA is not available; use --device cpu")
     if mode == "cuda_graph" and not device.startswith("cuda"):
         raise LatencyTableError("mode 'cuda_graph' needs a CUDA device; on a CPU use --mode eager")
+
+
+def check_backend_mode(backend: str, mode: str) -> None:
+    """Raise :class:`LatencyTableError` when ``mode`` is not how ``backend`` runs.
+
+    The torch backend runs ``eager`` or ``cuda_graph``; a compiled backend (OpenVINO, ONNX
+    Runtime) runs ``compiled``.
+    """
+    compiled = backend != "torch"
+    if compiled and mode != "compiled":
+        raise LatencyTableError(
+            f"backend {backend!r} runs compiled models, not mode {mode!r}; leave --mode out"
+        )
+    if not compiled and mode == "compiled":
+        raise LatencyTableError("mode 'compiled' needs --backend openvino or onnxruntime")
 
 
 @contextmanager
@@ -118,6 +165,14 @@ def torch_threads(threads: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages (``None`` where the platform has none)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
 
 
 def environment(device: str, mode: str, threads: int | None) -> dict[str, object]:
@@ -200,7 +255,7 @@ def _input_shape(spec: OperatorSpec) -> tuple[int, int, int, int]:
     return (1, c, h, w)
 
 
-def _involuntary_switches() -> int:
+def involuntary_switches() -> int:
     """Involuntary context switches of the calling thread so far (0 where not available)."""
     if _RUSAGE_THREAD is None:
         return 0
@@ -216,7 +271,8 @@ class Runner:
     """A module with a static input, prepared for timing in one execution mode.
 
     CPU: one call per sample under ``torch.inference_mode()``, timed with ``perf_counter_ns``
-    (wall) and ``thread_time_ns`` (the thread's CPU time).
+    (wall) and ``cpu_clock`` (``thread_cpu``: the thread's CPU time, ``process_cpu``: the
+    process's).
 
     CUDA: after an eager warm-up on a side stream (as PyTorch requires before a capture),
     ``cuda_replays`` back-to-back calls of the module are captured into one CUDA graph
@@ -237,8 +293,10 @@ class Runner:
         warmup: int,
         cuda_replays: int,
         pool: Any = None,  # noqa: ANN401 - torch.cuda._POOL_HANDLE is private
+        cpu_clock: str = "thread_cpu",
     ) -> None:
         self.module = module
+        self.cpu_clock = cpu_clock
         self.x = x
         self.cuda = device.startswith("cuda")
         self.replays = max(1, cuda_replays)
@@ -303,8 +361,8 @@ class Runner:
         return times, times
 
     def _sample_cpu(self, n: int) -> Timed:
-        wall_clock, cpu_clock = time.perf_counter_ns, time.thread_time_ns
-        switches = _involuntary_switches
+        wall_clock, cpu_clock = time.perf_counter_ns, cpu_clock_ns(self.cpu_clock)
+        switches = involuntary_switches
         wall: list[float] = []
         cpu: list[float] = []
         with torch.inference_mode():
@@ -325,7 +383,7 @@ class Runner:
         self.graph = None
 
 
-def preempted_fraction(runners: Sequence[Runner]) -> float | None:
+def preempted_fraction(runners: Sequence[TimingRunner]) -> float | None:
     """Fraction of the runners' CPU samples during which the thread was descheduled (None: unknown)."""
     total = sum(r.n_samples for r in runners)
     if total == 0 or _RUSAGE_THREAD is None:
@@ -342,12 +400,22 @@ class RunnerSettings:
     warmup: int
     cuda_replays: int
     pool: Any = None  # torch.cuda.graph_pool_handle(); its type, torch.cuda._POOL_HANDLE, is private
+    cpu_clock: str = "thread_cpu"
 
     @classmethod
-    def create(cls, *, device: str, mode: str, warmup: int, cuda_replays: int) -> RunnerSettings:
-        """Settings with a fresh CUDA graph memory pool in ``cuda_graph`` mode."""
+    def create(
+        cls, *, device: str, mode: str, warmup: int, cuda_replays: int, clock: str = "thread_cpu"
+    ) -> RunnerSettings:
+        """Settings with a fresh CUDA graph memory pool in ``cuda_graph`` mode.
+
+        ``clock``: the one timing uses (:func:`resolve_clock`); ``process_cpu`` makes the CPU
+        samples the process's CPU time, anything else the calling thread's.
+        """
         pool = torch.cuda.graph_pool_handle() if mode == "cuda_graph" else None
-        return cls(device=device, mode=mode, warmup=warmup, cuda_replays=cuda_replays, pool=pool)
+        cpu_clock = "process_cpu" if clock == "process_cpu" else "thread_cpu"
+        return cls(
+            device=device, mode=mode, warmup=warmup, cuda_replays=cuda_replays, pool=pool, cpu_clock=cpu_clock
+        )
 
     def runner(self, module: nn.Module, x: torch.Tensor) -> Runner:
         """A runner of ``module`` on input ``x`` (already on :attr:`device`)."""
@@ -359,6 +427,7 @@ class RunnerSettings:
             warmup=self.warmup,
             cuda_replays=self.cuda_replays,
             pool=self.pool,
+            cpu_clock=self.cpu_clock,
         )
 
     def operator_runner(self, spec: OperatorSpec, geometry: MobileNetV3Geometry) -> Runner:
@@ -367,7 +436,7 @@ class RunnerSettings:
         return self.runner(module, torch.randn(_input_shape(spec), device=self.device))
 
 
-def release_runners(runners: list[Runner], device: str) -> None:
+def release_runners(runners: list[TimingRunner], device: str) -> None:
     """Close and drop ``runners`` (the list is emptied), then return cached CUDA memory."""
     for runner in runners:
         runner.close()
@@ -418,23 +487,59 @@ def stabilize_cpu_allocator() -> str:
     return state
 
 
-def resolve_clock(device: str, threads: int | None, clock: str = "auto") -> str:
-    """The clock used for timing: ``"thread_cpu"``, ``"wall"`` or ``"cuda_events"``.
+def cpu_clock_ns(clock: str) -> Callable[[], int]:
+    """The nanosecond CPU clock of ``clock``: the process's for ``process_cpu``, else the thread's."""
+    return time.process_time_ns if clock == "process_cpu" else time.thread_time_ns
 
-    ``"auto"``: CUDA events on a GPU; on a CPU with one intra-op thread, the calling thread's CPU
-    time (``time.thread_time_ns``), which equals the wall-clock latency on an otherwise idle core
-    but is not inflated when other processes share the cores (it excludes time the thread is
-    descheduled); with several threads, the wall clock.
+
+def resolve_clock(device: str, threads: int | None, clock: str = "auto", *, backend: str = "torch") -> str:
+    """The clock used for timing: ``"thread_cpu"``, ``"process_cpu"``, ``"wall"`` or ``"cuda_events"``.
+
+    ``"auto"``: CUDA events on a GPU. On a CPU with one intra-op thread, a CPU clock, which equals
+    the wall-clock latency on an otherwise idle core but is not inflated when other processes
+    share the cores (it excludes time the work is descheduled): for the torch backend the
+    calling thread's (``time.thread_time_ns``; eager torch with one thread computes on it), for
+    a compiled backend the **process's** (``time.process_time_ns``): OpenVINO and ONNX Runtime
+    may run a request on a worker thread of their own, which the caller's thread clock would
+    not see (with one thread both ran on the caller here, but that is their choice, not a
+    contract). With several threads, the wall clock: CPU time would add the threads up.
     """
     if device.startswith("cuda"):
         return "cuda_events"
+    compiled = backend != "torch"
     if clock == "auto":
-        return "thread_cpu" if threads == 1 else "wall"
+        if threads != 1:
+            return "wall"
+        return "process_cpu" if compiled else "thread_cpu"
     if clock not in CLOCKS:
         raise LatencyTableError(f"clock {clock!r} is not one of auto, {', '.join(CLOCKS)}")
-    if clock == "thread_cpu" and threads != 1:
-        raise LatencyTableError("clock 'thread_cpu' measures one thread; use it with threads=1 or use 'wall'")
+    if clock != "wall" and threads != 1:
+        raise LatencyTableError(
+            f"clock {clock!r} measures the CPU time of one thread's work; use it with threads=1 or use 'wall'"
+        )
+    if clock == "thread_cpu" and compiled:
+        raise LatencyTableError(
+            f"clock 'thread_cpu' misses the work {backend!r} runs on its own worker threads;"
+            " use 'process_cpu' (or 'auto') with a compiled backend"
+        )
     return clock
+
+
+_CLOCK_NOTES = {
+    "thread_cpu": "CPU time of the calling thread per call (time.thread_time_ns): eager torch with one"
+    " thread computes on it; excludes the time other processes hold the core",
+    "process_cpu": "CPU time of the whole process per call (time.process_time_ns): counts work the"
+    " backend runs on threads of its own, which the caller's thread clock would miss; one thread, so"
+    " it equals the latency on an idle core and excludes the time other processes hold it",
+    "wall": "wall-clock time per call (time.perf_counter_ns): with several threads CPU time would add"
+    " them up; interleaved passes and the fastest-half mean keep bursts of load out",
+    "cuda_events": "CUDA events around the work on the GPU",
+}
+
+
+def clock_note(clock: str) -> str:
+    """Why ``clock`` measures the right thing (recorded beside it in tables and reports)."""
+    return _CLOCK_NOTES.get(clock, clock)
 
 
 def check_counts(warmup: int, iterations: int, rounds: int) -> None:
@@ -452,14 +557,14 @@ def split_count(total: int, parts: int) -> list[int]:
 
 
 def round_robin(
-    runners: Sequence[Runner],
+    runners: Sequence[TimingRunner],
     *,
     warm_each_pass: Sequence[bool],
     calls: Sequence[Sequence[int]],
     bar: ProgressBar,
     what: str,
 ) -> list[Timed]:
-    """Time every runner in passes over all of them; returns ``(wall, thread_cpu)`` per runner.
+    """Time every runner in passes over all of them; returns ``(wall, cpu)`` per runner.
 
     ``calls[i][p]`` is the number of consecutive timed calls of runner ``i`` in pass ``p``.
     Interleaving makes slow drifts and bursts of load from other processes hit every runner

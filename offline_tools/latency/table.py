@@ -358,6 +358,35 @@ class LatencyTable:
 
     # ---------------------------------------------------------------- queries
     @property
+    def backend(self) -> str:
+        """The execution backend the table was profiled in (``metadata["backend"]``; else torch)."""
+        backend = self.metadata.get("backend")
+        return backend if isinstance(backend, str) and backend else "torch"
+
+    def require_backend(self, backend: str | None, precision: str | None = None, *, consumer: str) -> str:
+        """``backend`` (``None``: the table's) when the table was profiled in it, else an error.
+
+        A table's latencies describe the backend that measured them (eager torch and a compiled
+        runtime cost operators differently), so a consumer that states another backend or
+        precision than the table's gets a :class:`LatencyTableError` naming the fix.
+        """
+        mine = self.backend
+        if backend is not None and backend != mine:
+            raise LatencyTableError(
+                f"{self.name} was profiled with backend {mine!r}, not {backend!r}: {consumer} would"
+                f" compare it with another runtime; profile one for {backend!r}"
+                f" (`{_PROFILE_COMMAND} --backend {backend} ...`) or use --backend {mine}"
+            )
+        recorded = str(self.metadata.get("precision", "f32"))
+        if precision is not None and precision != recorded:
+            raise LatencyTableError(
+                f"{self.name} was profiled at precision {recorded!r}, not {precision!r}; profile one at"
+                f" {precision!r} (`{_PROFILE_COMMAND} --backend {mine} --precision {precision} ...`)"
+                f" or use --precision {recorded}"
+            )
+        return mine
+
+    @property
     def resolutions(self) -> tuple[int, ...]:
         """The resolutions this table covers, ascending."""
         return tuple(sorted(self._entries))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import statistics
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,25 +17,28 @@ from dynamic_ofa_ros.bn import extract_subnet
 from dynamic_ofa_ros.ofa_compat import build_ofa_mbv3
 from dynamic_ofa_ros.timing import percentile
 from offline_tools.errors import LatencyTableError
+from offline_tools.latency.compiled import CompiledSettings
 from offline_tools.latency.geometry import MobileNetV3Geometry, OperatorSpec
-from offline_tools.latency.profile import PROFILE_ITERATIONS, PROFILE_ROUNDS
+from offline_tools.latency.profile import (
+    PROFILE_ITERATIONS,
+    PROFILE_ROUNDS,
+    ExecutionSetup,
+    execution_setup,
+)
 from offline_tools.latency.runners import (
     Mode,
     ProgressBar,
-    Runner,
     RunnerSettings,
     Timed,
+    TimingRunner,
     check_counts,
-    check_device_mode,
-    environment,
+    load_average,
     preempted_fraction,
     progress_bar,
     release_runners,
-    resolve_clock,
     round_robin,
     split_count,
     stabilize_cpu_allocator,
-    torch_threads,
     tracks_preemption,
 )
 from offline_tools.latency.table import (
@@ -66,20 +69,21 @@ VALIDATE_ROUNDS = 8
 
 @dataclass
 class SubnetSamples:
-    """End-to-end timing samples of one sub-network (ms): wall clock and the thread's CPU time.
+    """End-to-end timing samples of one sub-network (ms): wall clock and the run's CPU clock.
 
-    On CUDA both lists hold the CUDA-event times.
+    ``cpu_ms`` holds the thread's (torch) or the process's (compiled backends) CPU time, as
+    the run's clock says; on CUDA both lists hold the CUDA-event times.
     """
 
     config: SubnetConfig
     wall_ms: list[float] = field(default_factory=list)
-    thread_cpu_ms: list[float] = field(default_factory=list)
+    cpu_ms: list[float] = field(default_factory=list)
     n_preempted: int = 0
     """Samples during which the thread was involuntarily descheduled (CPU, Linux)."""
 
     def samples(self, clock: str) -> list[float]:
-        """The samples of ``clock`` (``"wall"``; ``"thread_cpu"`` or ``"cuda_events"``)."""
-        return self.wall_ms if clock == "wall" else self.thread_cpu_ms
+        """The samples of ``clock`` (``"wall"``; else the CPU clock or ``"cuda_events"``)."""
+        return self.wall_ms if clock == "wall" else self.cpu_ms
 
 
 def error_summary(predicted: Sequence[float], measured: Sequence[float]) -> dict[str, float]:
@@ -103,7 +107,7 @@ def error_summary(predicted: Sequence[float], measured: Sequence[float]) -> dict
 
 
 def _interleaved(
-    runners: Sequence[Runner],
+    runners: Sequence[TimingRunner],
     *,
     n_subnets: int,
     subnet_calls: list[int],
@@ -134,12 +138,20 @@ def _paired_table(
     clock: str,
     geometry: MobileNetV3Geometry,
     preempted: float | None,
+    call: Timed | None,
 ) -> LatencyTable:
-    """The same-session operator table from the operators' samples (in ``op_specs`` order)."""
+    """The same-session operator table from the operators' samples (in ``op_specs`` order).
+
+    ``call``: the empty call's samples (compiled backends), subtracted as when profiling.
+    """
     pick = 0 if clock == "wall" else 1
+    overhead = 0.0 if call is None else summarize_samples(call[pick]).mean
     entries: dict[int, dict[str, OperatorStats]] = {}
     for (r, key), samples in zip(op_specs, timed, strict=True):
-        entries.setdefault(r, {})[key] = summarize_samples(samples[pick])
+        stats = summarize_samples(samples[pick])
+        entries.setdefault(r, {})[key] = OperatorStats(
+            stats.count, max(0.0, stats.mean - overhead), stats.std
+        )
     return LatencyTable(
         entries,
         metadata={
@@ -158,21 +170,33 @@ def _runners(
     configs: Sequence[SubnetConfig],
     operators: Iterable[OperatorSpec],
     *,
-    settings: RunnerSettings,
+    make: Callable[[OperatorSpec, MobileNetV3Geometry], TimingRunner],
+    settings: object,
     geometry: MobileNetV3Geometry,
     bar: ProgressBar,
-) -> list[Runner]:
-    """Runners of the sub-networks extracted from ``net`` (first, in order), then of ``operators``."""
-    device = settings.device
-    runners: list[Runner] = []
+) -> list[TimingRunner]:
+    """Runners of the sub-networks extracted from ``net`` (first, in order), then of ``operators``.
+
+    Compiled backends (``settings`` a :class:`CompiledSettings`): each sub-network is exported
+    as the runtime exports a level and compiled; with operators, an empty call comes last.
+    """
+    runners: list[TimingRunner] = []
     bar.set_description("measure: extract")
     for cfg in configs:
-        x = torch.randn(1, 3, cfg.resolution, cfg.resolution, device=device)
-        runners.append(settings.runner(extract_subnet(net, cfg).to(device), x))
+        module = extract_subnet(net, cfg)
+        if isinstance(settings, CompiledSettings):
+            runners.append(settings.network_runner(module, cfg.resolution))
+        else:
+            assert isinstance(settings, RunnerSettings)
+            x = torch.randn(1, 3, cfg.resolution, cfg.resolution, device=settings.device)
+            runners.append(settings.runner(module.to(settings.device), x))
         bar.update(1)
-    for spec in operators:
-        runners.append(settings.operator_runner(spec, geometry))
+    specs = list(operators)
+    for spec in specs:
+        runners.append(make(spec, geometry))
         bar.update(1)
+    if specs and isinstance(settings, CompiledSettings):
+        runners.append(settings.call_runner())
     return runners
 
 
@@ -181,7 +205,7 @@ def measure_subnets(  # noqa: PLR0913 - every knob of a measuring run, all keywo
     *,
     supernet: nn.Module | None = None,
     device: str = "cpu",
-    mode: Mode | str = "eager",
+    mode: Mode | str | None = None,
     threads: int | None = 1,
     warmup: int = VALIDATE_WARMUP,
     iterations: int = VALIDATE_ITERATIONS,
@@ -192,28 +216,41 @@ def measure_subnets(  # noqa: PLR0913 - every knob of a measuring run, all keywo
     paired_operators: bool = False,
     operator_calls_per_pass: int = PROFILE_ITERATIONS // PROFILE_ROUNDS,
     clock: str = "auto",
+    backend: str = "torch",
+    precision: str = "f32",
+    operator_layout: str | None = None,
     progress: bool = True,
 ) -> tuple[list[SubnetSamples], LatencyTable | None]:
-    """End-to-end latency samples of each sub-network, extracted and run in the execution mode.
+    """End-to-end latency samples of each sub-network, extracted and run in the execution backend.
 
     Sub-networks are extracted from ``supernet`` (default: a random-weight OFA MobileNetV3 from
     ``dynamic_ofa_ros.ofa_compat.build_ofa_mbv3``; the weights do not change latency) with
     ``dynamic_ofa_ros.bn.extract_subnet`` and measured round-robin in ``rounds`` passes; in each
     pass a sub-network gets one untimed run (the engine runs the same level frame after frame,
-    so its steady state is warm) and then its share of ``iterations`` timed runs. CPU:
-    ``inference_mode``, ``threads`` threads; CUDA: a CUDA graph per sub-network in
-    ``cuda_graph`` mode.
+    so its steady state is warm) and then its share of ``iterations`` timed runs. Torch on a
+    CPU: ``inference_mode``, ``threads`` threads; CUDA: a CUDA graph per sub-network in
+    ``cuda_graph`` mode; a compiled backend (``backend`` ``openvino``/``onnxruntime``): the
+    sub-network exported as the runtime exports a level (BN folded, softmax) and compiled with
+    ``threads`` and ``precision``, the model alone timed (a preprocessed static input) with
+    the profiling clock (:func:`~offline_tools.latency.runners.resolve_clock`).
 
     With ``paired_operators``, every operator of these sub-networks is also timed standalone in
     the same passes (interleaved with the sub-networks, ``operator_calls_per_pass`` consecutive
-    calls per pass as when profiling) and returned as a second table: its prediction error
-    against these measurements is the predictor's own error, free of any change of machine
-    load between profiling and validation.
+    calls per pass as when profiling, in the same backend and operator layout) and returned as
+    a second table: its prediction error against these measurements is the predictor's own
+    error, free of any change of machine load between profiling and validation.
     """
-    device = str(device)
-    check_device_mode(device, str(mode))
+    setup = execution_setup(
+        device=device,
+        backend=backend,
+        mode=None if mode is None else str(mode),
+        precision=precision,
+        threads=threads,
+        clock=clock,
+        operator_layout=operator_layout,
+    )
     check_counts(warmup, iterations, rounds)
-    if not device.startswith("cuda"):
+    if not setup.device.startswith("cuda"):
         stabilize_cpu_allocator()
     torch.manual_seed(seed)
     geometry = MobileNetV3Geometry(width_mult=width_mult)
@@ -225,9 +262,10 @@ def measure_subnets(  # noqa: PLR0913 - every knob of a measuring run, all keywo
                 op_specs.setdefault((cfg.resolution, spec.key), spec)
     subnet_calls = split_count(iterations, rounds)
     bar = progress_bar((len(configs) + len(op_specs)) * (1 + len(subnet_calls)), "measure", progress)
-    settings = RunnerSettings.create(device=device, mode=str(mode), warmup=warmup, cuda_replays=cuda_replays)
-    with torch_threads(threads):
-        runners = _runners(net, configs, op_specs.values(), settings=settings, geometry=geometry, bar=bar)
+    with setup.runners(warmup=warmup, cuda_replays=cuda_replays) as (make, settings):
+        runners = _runners(
+            net, configs, op_specs.values(), make=make, settings=settings, geometry=geometry, bar=bar
+        )
         timed = _interleaved(
             runners,
             n_subnets=len(configs),
@@ -238,7 +276,7 @@ def measure_subnets(  # noqa: PLR0913 - every knob of a measuring run, all keywo
         )
         preempted = [runner.n_preempted for runner in runners]
         op_preempted = preempted_fraction(runners[len(configs) :])
-        release_runners(runners, device)
+        release_runners(runners, setup.device)
     bar.close()
     results = [
         SubnetSamples(cfg, wall, cpu, n)
@@ -246,12 +284,14 @@ def measure_subnets(  # noqa: PLR0913 - every knob of a measuring run, all keywo
     ]
     if not paired_operators:
         return results, None
+    n_ops = len(op_specs)
     paired = _paired_table(
         op_specs,
-        timed[len(configs) :],
-        clock=resolve_clock(device, threads, clock),
+        timed[len(configs) : len(configs) + n_ops],
+        clock=setup.clock,
         geometry=geometry,
         preempted=op_preempted,
+        call=timed[-1] if len(timed) > len(configs) + n_ops else None,
     )
     return results, paired
 
@@ -371,7 +411,7 @@ def _compare(
 ) -> None:
     """Add the error blocks (``raw_wall``, ``paired``, ``corrected``, fit) and ``subnets`` to ``report``."""
     clock = str(report["clock"])
-    if clock == "thread_cpu":
+    if clock in ("thread_cpu", "process_cpu"):
         report["raw_wall"] = error_summary(raw, [summarize_samples(r.wall_ms).mean for r in results])
     paired_raw: list[float] | None = None
     if paired_table is not None:
@@ -398,7 +438,7 @@ def validate_latency_table(  # noqa: PLR0913 - every knob of a validation run, a
     *,
     n_subnets: int = 30,
     device: str = "cpu",
-    mode: Mode | str = "eager",
+    mode: Mode | str | None = None,
     threads: int | None = 1,
     seed: int = 0,
     warmup: int = VALIDATE_WARMUP,
@@ -411,21 +451,26 @@ def validate_latency_table(  # noqa: PLR0913 - every knob of a validation run, a
     paired: bool = False,
     cuda_replays: int = 10,
     clock: str | None = None,
+    backend: str | None = None,
+    precision: str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Measure sub-networks end to end and compare them with the table's prediction.
 
     ``n_subnets`` random sub-networks of ``space`` (default: the full OFA space at the table's
     resolutions) drawn with ``seed``, or the given ``configs``, are measured with
-    :func:`measure_subnets` in the same execution mode as profiling and summarised with the
-    same statistic (:func:`~offline_tools.latency.table.summarize_samples`) and clock
-    (``clock``, default the table's ``metadata["clock"]``, else
+    :func:`measure_subnets` in the table's execution backend (``backend``/``precision``,
+    default the table's; another backend than the table's is refused with
+    :class:`LatencyTableError`: it would compare two runtimes) and summarised with the same
+    statistic (:func:`~offline_tools.latency.table.summarize_samples`) and clock (``clock``,
+    default the table's ``metadata["clock"]``, else
     :func:`~offline_tools.latency.runners.resolve_clock`'s choice).
 
     Returns a JSON-ready dict: the environment (``device``, ``device_name``, ``mode``,
-    ``threads``, versions), ``clock``, ``n_subnets``, ``seconds``, ``raw`` (the plain operator
-    sum), ``raw_wall`` (the same against wall-clock time, on a CPU), ``corrected`` when the
-    table has a correction, and with ``fit=True`` a ``fitted_correction`` (weighted least
+    ``threads``, versions; ``backend``, ``backend_version``, ``precision``, ``cpu_model``,
+    ``isa`` on a CPU), ``clock``, ``n_subnets``, ``seconds``, ``raw`` (the plain operator
+    sum), ``raw_wall`` (the same against wall-clock time, with a CPU clock), ``corrected`` when
+    the table has a correction, and with ``fit=True`` a ``fitted_correction`` (weighted least
     squares on these measurements, see :func:`~offline_tools.latency.table.fit_correction`),
     ``fitted_in_sample`` and ``fitted_loo`` (leave-one-out: each sub-network predicted by a
     correction fitted on the others, an honest out-of-sample estimate). Each error block has
@@ -437,16 +482,25 @@ def validate_latency_table(  # noqa: PLR0913 - every knob of a validation run, a
     drift of machine load between profiling and validation (large differences between ``raw``
     and ``paired`` mean the machine was busier or quieter while profiling).
     """
+    backend = table.require_backend(backend, precision, consumer="validate-latency")
+    setup = execution_setup(
+        device=device,
+        backend=backend,
+        mode=None if mode is None else str(mode),
+        precision=str(table.metadata.get("precision", "f32")),
+        threads=threads,
+        clock=clock or str(table.metadata.get("clock", "auto")),
+        operator_layout=table.metadata.get("operator_layout"),
+    )
     configs = _validation_configs(table, configs, n_subnets, space, seed)
-    device = str(device)
-    used_clock = resolve_clock(device, threads, clock or str(table.metadata.get("clock", "auto")))
     raw = [table.predict_raw(cfg) for cfg in configs]  # fails early on a missing key or resolution
     started = time.perf_counter()
+    load_before = load_average()
     results, paired_table = measure_subnets(
         configs,
         supernet=supernet,
-        device=device,
-        mode=mode,
+        device=setup.device,
+        mode=setup.mode,
         threads=threads,
         warmup=warmup,
         iterations=iterations,
@@ -456,23 +510,27 @@ def validate_latency_table(  # noqa: PLR0913 - every knob of a validation run, a
         seed=seed,
         paired_operators=paired,
         operator_calls_per_pass=_calls_per_pass(table.metadata),
-        clock=used_clock,
+        clock=setup.clock,
+        backend=setup.backend,
+        precision=setup.precision,
+        operator_layout=setup.operator_layout,
         progress=progress,
     )
-    measured = [summarize_samples(r.samples(used_clock)).mean for r in results]
-    report: dict[str, Any] = environment(device, str(mode), threads)
+    measured = [summarize_samples(r.samples(setup.clock)).mean for r in results]
+    report: dict[str, Any] = setup.metadata()
     report.update(
         table=table.name,
         table_device=table.metadata.get("device_name"),
-        clock=used_clock,
-        allocator=stabilize_cpu_allocator() if not device.startswith("cuda") else None,
+        allocator=stabilize_cpu_allocator() if not setup.device.startswith("cuda") else None,
         n_subnets=len(configs),
         seed=seed,
         warmup=warmup,
         iterations=iterations,
         rounds=rounds,
         statistic=f"mean of the fastest {100 - round(100 * TRIM_FRACTION)} % of the samples",
+        timed=_timed_note(setup),
         seconds=round(time.perf_counter() - started, 2),
+        load_average={"before": load_before, "after": load_average()},
         raw=error_summary(raw, measured),
     )
     _preemption(report, results, table)
@@ -480,9 +538,21 @@ def validate_latency_table(  # noqa: PLR0913 - every knob of a validation run, a
     return report
 
 
+def _timed_note(setup: ExecutionSetup) -> str:
+    """What one end-to-end sample measures."""
+    if setup.compiled:
+        return (
+            f"the sub-network exported as the runtime exports a level (BN folded, softmax), compiled by"
+            f" {setup.backend} ({setup.precision}, {setup.threads} thread(s)); one call of the compiled"
+            " model on a preprocessed (1, 3, r, r) input (model only)"
+        )
+    return "the extracted sub-network in the engine's torch mode; one forward pass (model only)"
+
+
 _SUMMARY_KEYS = (
-    "date", "n_subnets", "seed", "clock", "preempted_fraction", "raw", "raw_wall", "paired",
-    "fitted_in_sample", "fitted_loo", "fit_error",
+    "date", "backend", "backend_version", "precision", "cpu_model", "threads", "n_subnets", "seed",
+    "clock", "load_average", "preempted_fraction", "raw", "raw_wall", "paired", "fitted_in_sample",
+    "fitted_loo", "corrected", "fit_error",
 )  # fmt: skip
 
 

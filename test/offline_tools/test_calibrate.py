@@ -9,9 +9,12 @@ import pytest
 import torch
 
 from dynamic_ofa_ros.arch import N_BLOCKS, N_STAGES, SubnetConfig
+from dynamic_ofa_ros.backends import installed
+from dynamic_ofa_ros.backends.header import profiling_header, table_backend
+from dynamic_ofa_ros.engine import LevelEngine
 from dynamic_ofa_ros.levels import Level, LevelTable, load_level_table, save_level_table
 from dynamic_ofa_ros.supernet import Supernet, load_supernet
-from offline_tools.calibrate import CalibrationError, calibrate_levels
+from offline_tools.calibrate import CalibrationError, calibrate_levels, default_backend
 from offline_tools.datasets import ImageSet, open_image_source
 
 torch.set_num_threads(1)
@@ -75,6 +78,7 @@ def test_calibrate_random_supernet_end_to_end(tmp_path: Path, supernet: Supernet
     )
     assert [lv.macs_m for lv in table.levels] == sorted(lv.macs_m for lv in table.levels)  # type: ignore[type-var]
     assert table.device == "cpu" and table.profiling["mode"] == "eager" and table.profiling["threads"] == 1
+    assert table.profiling["backend"] == "torch" and table.profiling["cpu_model"]  # the family names none
     assert table.calibration["images"] == 8 and table.supernet["sha256"] == supernet.sha256
     assert table.extra["search"] == {"note": "kept"}
     assert table.bn is not None and set(table.bn) == {1, 2, 3}
@@ -139,3 +143,57 @@ def test_bad_families(supernet: Supernet, images: ImageSet) -> None:
     other.levels = other.levels[:1]
     with pytest.raises(CalibrationError, match="latency-from"):
         calibrate_levels(supernet, CONFIGS[1:2], calibration=images, latency_from=other, progress=False)
+
+
+@pytest.mark.parametrize("backend", ["openvino", "onnxruntime"])
+def test_calibrate_measures_in_the_familys_compiled_backend(
+    backend: str, tmp_path: Path, supernet: Supernet, images: ImageSet
+) -> None:
+    """A family searched on a compiled backend's latency table is timed in that backend by default."""
+    if not installed(backend):
+        pytest.skip(f"{backend} is not installed")
+    family = family_table()
+    family.levels = family.levels[:2]
+    family.profiling = {**profiling_header(backend), "latency_source": "look-up table (test)"}
+    assert default_backend(family, "cpu") == backend and default_backend(family, "cuda") == "torch"
+    assert default_backend(CONFIGS, "cpu") == "torch"
+    cache = tmp_path / "cache"
+    result = calibrate_levels(
+        supernet,
+        family,
+        calibration=images,
+        threads=1,
+        batch_size=4,
+        warmup=1,
+        iterations=2,
+        cache_dir=cache,
+        progress=False,
+    )
+    profiling = result.table.profiling
+    assert profiling["backend"] == backend and profiling["mode"] == "compiled" and profiling["threads"] == 1
+    assert (
+        profiling["precision"] == "f32"
+        and profiling["backend_version"]
+        and isinstance(profiling["isa"], list)
+    )
+    assert set(profiling["load_average"]) == {"before", "after"} and "LevelEngine.infer" in profiling["timed"]
+    assert all(lv.latency_ms > 0 for lv in result.table.levels)
+    assert any(cache.iterdir())  # the levels went through the engine's artefact cache
+    path = save_level_table(result.table, tmp_path / "cpu.json", supernet=supernet)
+    loaded = load_level_table(path, supernet=supernet)
+    assert table_backend(loaded.profiling) == backend
+    engine = LevelEngine(supernet, loaded, threads=1, warmup=0, cache_dir=cache)  # backend auto: the table's
+    assert engine.backend == backend
+
+    in_torch = calibrate_levels(
+        supernet,
+        family,
+        calibration=images,
+        threads=1,
+        batch_size=4,
+        warmup=1,
+        iterations=2,
+        backend="torch",
+        progress=False,
+    )
+    assert in_torch.table.profiling["backend"] == "torch" and in_torch.table.profiling["mode"] == "eager"
