@@ -490,7 +490,7 @@ def _measure_switching(classifier: DynamicClassifier, image: np.ndarray, switche
     switch_t: list[float] = []
     first_ms: dict[int, list[float]] = {m: [] for m in numbers}
     steady_ms: dict[int, list[float]] = {m: [] for m in numbers}
-    engine.infer = noting_infer  # type: ignore[method-assign]
+    engine.infer = noting_infer  # type: ignore[method-assign,assignment]
     try:
         for _ in _progress(range(switches), "switches"):
             target = pick.choice([m for m in numbers if m != classifier.current_level] or numbers)
