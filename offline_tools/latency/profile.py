@@ -298,7 +298,8 @@ def profile_latency_table(  # noqa: PLR0913 - every knob of a profiling run, all
 
     calls = split_count(iterations, rounds)
     n_ops = sum(len(ops) for ops in plan.values())
-    bar = progress_bar(n_ops * (1 + len(calls)), "profile", progress)
+    n_timed = n_ops + (1 if setup.compiled else 0)  # a compiled backend's empty call is timed too
+    bar = progress_bar(n_ops + n_timed * len(calls), "profile", progress)
     started = time.perf_counter()
     torch.manual_seed(seed)
     metadata = setup.metadata()

@@ -261,7 +261,9 @@ def measure_subnets(  # noqa: PLR0913 - every knob of a measuring run, all keywo
             for spec in geometry.operators(cfg):
                 op_specs.setdefault((cfg.resolution, spec.key), spec)
     subnet_calls = split_count(iterations, rounds)
-    bar = progress_bar((len(configs) + len(op_specs)) * (1 + len(subnet_calls)), "measure", progress)
+    n_runners = len(configs) + len(op_specs)
+    n_timed = n_runners + (1 if op_specs and setup.compiled else 0)  # + the empty call (compiled)
+    bar = progress_bar(n_runners + n_timed * len(subnet_calls), "measure", progress)
     with setup.runners(warmup=warmup, cuda_replays=cuda_replays) as (make, settings):
         runners = _runners(
             net, configs, op_specs.values(), make=make, settings=settings, geometry=geometry, bar=bar
