@@ -14,7 +14,7 @@ internal layout from one operator to the next. A standalone operator with a plai
 and output pays two layout conversions that the network does not: OpenVINO 2026.4 on a 2-core
 AMD EPYC (AVX2) ran a stage-1 block at 128 px in 0.145 ms of convolutions plus 0.16 + 0.44 ms
 of reorders (NCHW <-> NHWC; planes of 64 x 64 floats alias in the cache), and the same block
-costs 0.14 ms inside a chain of five. The ``channels_last`` operator layout therefore feeds
+costs 0.05-0.14 ms inside a chain of five. The ``channels_last`` operator layout therefore feeds
 every operator but the stem (whose input is the network's NCHW image) a channels-last input
 (OpenVINO folds the transpose into its input reorder: no copy) and averages a spatial output
 over H x W (a reduction that reads the activation in the runtime's layout, instead of
@@ -23,7 +23,7 @@ converting it back). ONNX Runtime predicts whole networks better with plain NCHW
 backend (:func:`default_operator_layout`) and recorded in the table.
 
 **Call overhead.** Every compiled call costs a constant (request dispatch, the wrapper's input
-copy, the output copy): 20-40 us here, paid once by a network but once per operator by the
+copy, the output copy): 0.03-0.06 ms here, paid once by a network but once per operator by the
 sum. An empty graph is timed in the same passes (:meth:`CompiledSettings.call_runner`) and its
 time subtracted from every operator.
 """
