@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import math
 from collections.abc import Iterator, Mapping, Sequence
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from dynamic_ofa_ros.arch import SubnetConfig
 from dynamic_ofa_ros.errors import ArchitectureError
-from dynamic_ofa_ros.levels import LevelTable, load_level_table, save_level_table
+from dynamic_ofa_ros.levels import Level, LevelTable, load_level_table, save_level_table
 from dynamic_ofa_ros.supernet import Supernet
 from offline_tools.accuracy import AccuracySource
 from offline_tools.calibrate import CalibrationResult, calibrate_levels
@@ -342,9 +343,9 @@ def run_fit_predictor(request: FitPredictorRequest) -> None:
 
 @dataclass(frozen=True)
 class CalibrateRequest:
-    """``dofa-levels calibrate``: the level table ``out`` from the family ``family``."""
+    """``dofa-levels calibrate``: the level table ``out`` from the family (or families) ``family``."""
 
-    family: str
+    family: str | tuple[str, ...]
     out: str
     model: ModelOptions
     calibration: CalibrationOptions
@@ -358,7 +359,7 @@ class CalibrateRequest:
     def from_args(cls, args: argparse.Namespace) -> CalibrateRequest:
         """The request of a parsed ``calibrate`` command line."""
         return cls(
-            family=args.family,
+            family=tuple(args.family),
             out=args.out,
             model=ModelOptions.from_args(args),
             calibration=CalibrationOptions.from_args(args, min_step=args.min_step),
@@ -411,11 +412,40 @@ def calibrate_family(
     )
 
 
+def merge_families(paths: Sequence[str]) -> LevelTable:
+    """One family holding the architectures of every family in ``paths`` (duplicates once).
+
+    The header (device, profiling -- so the default backend --, search provenance) is the first
+    family's; ``extra["merged_from"]`` names every file and how many architectures each gave.
+    Levels are renumbered in the order read: calibration measures them all and orders them by
+    measured latency, so families searched on different latency tables may be combined.
+    """
+    families = [load_level_table(path, require_bn=False) for path in paths]
+    first = families[0]
+    if len(families) == 1:
+        return first
+    seen: set[str] = set()
+    levels: list[Level] = []
+    sources: list[dict[str, object]] = []
+    for path, family in zip(paths, families, strict=True):
+        added = 0
+        for level in family.levels:
+            if level.config.key() not in seen:
+                seen.add(level.config.key())
+                levels.append(dataclasses.replace(level, level=len(levels) + 1))
+                added += 1
+        sources.append({"family": str(path), "architectures": len(family.levels), "added": added})
+    return dataclasses.replace(
+        first, levels=levels, bn=None, path=None, extra={**first.extra, "merged_from": sources}
+    )
+
+
 def run_calibrate(request: CalibrateRequest) -> LevelTable:
     """Calibrate the family, write the level table (+ BN file) and the summary; returns the table."""
     check_out(request.out, ".json", "--out")
     check_out(request.summary, ".json", "--summary")
-    family = load_level_table(request.family, require_bn=False)
+    paths = (request.family,) if isinstance(request.family, str) else request.family
+    family = merge_families(paths)
     latency_from = load_level_table(request.latency_from, require_bn=False) if request.latency_from else None
     model = load_model(request.model)
     result = calibrate_family(
@@ -505,7 +535,13 @@ def _add_fit_predictor_parser(sub: argparse._SubParsersAction[argparse.ArgumentP
 
 def _add_calibrate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     c = sub.add_parser("calibrate", help="BN calibration + top-1 + latency per level → level table")
-    c.add_argument("--family", required=True, help="family JSON from `dofa-levels search` (or a level table)")
+    c.add_argument(
+        "--family",
+        required=True,
+        nargs="+",
+        help="family JSON from `dofa-levels search` (or a level table); several: their architectures "
+        "are calibrated together and the measured Pareto levels kept (header from the first)",
+    )
     c.add_argument("--out", required=True, help="output level table .json (+ .bn.safetensors beside)")
     c.add_argument("--latency-from", help="copy latencies of the same architectures from this level table")
     c.add_argument("--device-label", help="device name in the table (default: cpu or cuda)")
