@@ -25,18 +25,17 @@ import sys
 import threading
 import time
 import types
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
-from rclpy._rclpy_pybind11 import RCLError
+from rclpy.clock import ROSClock
 from rclpy.context import Context
 from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from rclpy.logging import get_logger
 from rclpy.parameter import Parameter
 from rclpy.qos import qos_profile_parameters
 from sensor_msgs.msg import CompressedImage, Image
@@ -48,7 +47,7 @@ from dynamic_ofa_ros.input_watch import InputWatch
 from dynamic_ofa_ros.levels import load_level_table
 from dynamic_ofa_ros.manager import Decision
 from dynamic_ofa_ros.msg import ManagerStatus
-from dynamic_ofa_ros.node_frames import Frame, FramePipeline, captured_at, frame_rgb
+from dynamic_ofa_ros.node_frames import Frame, FramePipeline, StageTrace, captured_at, frame_rgb
 from dynamic_ofa_ros.node_io import (
     COORDINATION_TOPIC,
     Inputs,
@@ -101,6 +100,8 @@ class ClassifierNode(LifecycleNode):
 
     ``supernet``: an already loaded super-network to use instead of the ``model`` parameter
     (tests and the in-process demo share one between nodes to save start-up time).
+    ``interruptible``: a context manager around the model loading of *configure*, inside which
+    the process's signal handler may raise ``KeyboardInterrupt`` (``node_main.StopSignals``).
     Construction declares the parameters and services only (state *unconfigured*); a parameter
     of the wrong type raises :class:`StartupError`. :meth:`start` configures and activates.
     """
@@ -114,6 +115,7 @@ class ClassifierNode(LifecycleNode):
         cli_args: list[str] | None = None,
         parameter_overrides: list[Parameter[Any]] | None = None,
         supernet: Supernet | None = None,
+        interruptible: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
     ) -> None:
         super().__init__(
             node_name,
@@ -123,6 +125,7 @@ class ClassifierNode(LifecycleNode):
             parameter_overrides=parameter_overrides,
         )
         self._given_supernet = supernet
+        self._interruptible = interruptible
         self._classifier: DynamicClassifier | None = None
         self._settings: Settings | None = None
         self.supernet: Supernet | SupernetSource | None = None
@@ -131,6 +134,7 @@ class ClassifierNode(LifecycleNode):
         self._inputs = Inputs()
         self._vision: types.ModuleType | None = None
         self._status_timer: Any = None  # rclpy Timer while active
+        self._trace = StageTrace.from_env()  # node_bench's per-stage breakdown (DOFA_NODE_TRACE)
         self._frames = self._new_frames()
         self._lock = threading.RLock()  # constraints, status publishing
         self._closed = False
@@ -163,7 +167,7 @@ class ClassifierNode(LifecycleNode):
         return {spec.name: self.get_parameter(spec.name).value for spec in PARAMETERS}
 
     def _new_frames(self) -> FramePipeline:
-        return FramePipeline(f"{self.get_name()}-inference", self.get_logger(), self.context.ok)
+        return FramePipeline(f"{self.get_name()}-inference", self.get_logger(), self.context.ok, self._trace)
 
     def start(self) -> None:
         """Configure and activate (what ``autostart`` does); :class:`StartupError` with the reason.
@@ -185,7 +189,8 @@ class ClassifierNode(LifecycleNode):
         started = time.perf_counter()
         try:
             self._settings = settings_from(self._values())
-            self._classifier = self._load(self._given_supernet)
+            with self._interruptible():  # a signal may stop the (long, rclpy-free) loading
+                self._classifier = self._load(self._given_supernet)
             self._apply_constraints(
                 self.get_parameter("latency_budget_ms").value, self.get_parameter("min_accuracy").value
             )
@@ -352,6 +357,8 @@ class ClassifierNode(LifecycleNode):
             self._closed = True
             self._frames.close()
             self._classifier, self.supernet = None, None
+            if self._trace is not None:
+                self._trace.write()
         super().destroy_node()
 
     # ------------------------------------------------------------------------------ counters
@@ -374,11 +381,23 @@ class ClassifierNode(LifecycleNode):
     # ------------------------------------------------------------------------------ frames
 
     def _on_image(self, msg: Image | CompressedImage) -> None:
+        marks = self._frames.begin()
         self._input_watch.arrived(time.monotonic())
-        self._frames.put(Frame(msg=msg, received_ns=self.get_clock().now().nanoseconds))
+        self._frames.put(msg, self._now_ns(), marks)
+
+    def _now_ns(self) -> int:
+        """The node's ROS clock (ns): the system clock read directly unless simulated time is active.
+
+        rclpy's ``Clock.now()`` builds a Time object (about 15 us); the frame path reads the clock
+        three times per frame.
+        """
+        clock = self.get_clock()
+        if isinstance(clock, ROSClock) and not clock.ros_time_is_active:
+            return time.time_ns()  # ROS time = system time (CLOCK_REALTIME, as time.time_ns)
+        return clock.now().nanoseconds
 
     def _ros_seconds(self) -> float:
-        return self.get_clock().now().nanoseconds * 1e-9
+        return self._now_ns() * 1e-9
 
     def _header(self) -> Header:
         return Header(stamp=self.get_clock().now().to_msg())
@@ -389,13 +408,19 @@ class ClassifierNode(LifecycleNode):
             return
         settings = self.settings
         rgb = frame_rgb(frame.msg, max_pixels=settings.max_image_pixels)
-        now_ns = self.get_clock().now().nanoseconds
+        frame.mark()  # converted
+        now_ns = self._now_ns()
         result = self.classifier.classify(
             rgb, captured_at=captured_at(frame, now_ns=now_ns, max_age_s=settings.max_stamp_age_s)
         )
-        outputs.prediction.publish(prediction_message(result, frame.msg.header))
+        frame.mark()  # classified
+        prediction = prediction_message(result, frame.msg.header)
+        frame.mark()  # built
+        outputs.prediction.publish(prediction)
+        frame.mark()  # published
         if outputs.classification is not None and self._vision is not None:
             outputs.classification.publish(classification_message(self._vision, result, frame.msg.header))
+        self._frames.finish(frame, result.inference_ms)
 
     # ------------------------------------------------------------------------------ constraints
 
@@ -583,64 +608,11 @@ def _return_memory(device: str) -> None:
 # ------------------------------------------------------------------------------------------ main
 
 
-def spin(node: ClassifierNode) -> None:
-    """Spin ``node`` on a SingleThreadedExecutor until shutdown or its lifecycle shutdown."""
-    executor = SingleThreadedExecutor(context=node.context)
-    executor.add_node(node)
-    try:
-        while node.context.ok() and not node.finalized:
-            executor.spin_once(timeout_sec=1.0)
-    finally:
-        executor.shutdown()
-
-
 def main(args: list[str] | None = None) -> int:
-    """Entry point of ``classifier_node``: 0 on a clean shutdown, 1 when the node cannot start.
+    """Entry point of ``classifier_node`` (:func:`dynamic_ofa_ros.node_main.main`: signals, teardown)."""
+    from dynamic_ofa_ros.node_main import main as run_node  # imports this module
 
-    With ``autostart`` (default) the node configures and activates itself; otherwise it waits
-    unconfigured for ``ros2 lifecycle set``. SIGINT/SIGTERM at any moment -- while the model
-    loads or while frames flow -- end with 0 and no traceback; a bad ``--params-file`` or
-    parameter ends with one FATAL line and 1.
-    """
-    argv = list(sys.argv if args is None else args)
-    logger = get_logger(NODE_NAME)
-    try:
-        # Not `with rclpy.init()`: Jazzy's rclpy (7.x) returns None there; Kilted's a context manager.
-        rclpy.init(args=argv)
-    except RCLError as exc:  # e.g. a missing or unparsable --params-file
-        logger.fatal(f"cannot start: {str(exc).strip()}; check the --ros-args (--params-file, -p)")
-        return 1
-    except KeyboardInterrupt:
-        return 0
-    node: ClassifierNode | None = None
-    context = rclpy.get_default_context()
-    try:
-        try:
-            node = ClassifierNode()
-            if node.autostart:
-                node.start()
-            else:
-                node.get_logger().info(
-                    f"autostart is false: unconfigured; ros2 lifecycle set "
-                    f"{node.get_fully_qualified_name()} configure (then activate)"
-                )
-        except StartupError as exc:
-            if not context.ok():
-                return 0  # a signal stopped the start: a clean stop
-            logger.fatal(f"cannot start: {exc}")
-            return 1
-        except Exception:
-            if context.ok():
-                raise
-            return 0  # a signal shut the context down while the node was being built
-        spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        rclpy.try_shutdown()
-        if node is not None:
-            node.destroy_node()
-    return 0
+    return run_node(args)
 
 
 if __name__ == "__main__":

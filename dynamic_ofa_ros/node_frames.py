@@ -4,14 +4,25 @@ Subscriptions only :meth:`FramePipeline.put` the newest frame into a single-slot
 :class:`~dynamic_ofa_ros.latest.LatestSlot` (replacing an unprocessed one counts as *dropped*,
 so no backlog can build up); one worker thread takes it and calls the node's ``process``.
 The thread runs only while the node is active (:meth:`FramePipeline.start` /
-:meth:`FramePipeline.stop`), so an inactive node uses no CPU for frames.
+:meth:`FramePipeline.stop`), so an inactive node uses no CPU for frames. The subscription
+callback hands the frame over and waits (GIL released, at most 2 ms) until an idle worker has
+taken it, so the worker starts before the executor thread's own Python work
+(:mod:`dynamic_ofa_ros.latest`).
+
+:class:`StageTrace` records when each frame passed each stage of this path (enabled by the
+environment variable ``DOFA_NODE_TRACE=<file>``; ``node_bench`` uses it for its breakdown).
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from rclpy.impl.rcutils_logger import RcutilsLogger
@@ -20,18 +31,102 @@ from sensor_msgs.msg import CompressedImage, Image
 from dynamic_ofa_ros.errors import DofaError, ImageError
 from dynamic_ofa_ros.image_input import decode_compressed, image_from_buffer
 from dynamic_ofa_ros.latest import LatestSlot
+from dynamic_ofa_ros.timing import write_json
 
-__all__ = ["Frame", "FramePipeline", "captured_at", "frame_rgb"]
+__all__ = [
+    "TRACE_ENV",
+    "Frame",
+    "FramePipeline",
+    "StageTrace",
+    "captured_at",
+    "frame_rgb",
+    "keep_frame_buffers",
+]
 
 _WARN_PERIOD_S = 5.0
+#: how long the subscription callback waits for an idle worker to take its frame
+_HANDOFF_S = 0.002
+#: environment variable naming the file a :class:`StageTrace` is written to
+TRACE_ENV = "DOFA_NODE_TRACE"
+#: glibc's mallopt() parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+#: the largest mmap threshold glibc accepts on 64-bit machines
+_MAX_FRAME_BYTES = 32 * 2**20
+
+
+def keep_frame_buffers() -> bool:
+    """Let this process reuse the heap memory of camera frames instead of page-faulting it per frame.
+
+    glibc serves allocations from 128 KiB up (a 224x224 rgb8 frame is 147 KiB, 640x480 is 900 KiB)
+    with fresh mappings and gives heap tops over its trim threshold back at once; until a large
+    free has raised those thresholds, every frame's buffers -- DDS's copy, rclpy's message, the
+    Python array -- are faulted in (zeroed pages) and returned again. A plain rclpy relay spent
+    4.5 ms of CPU per 640x480 frame that way, 644 page faults per frame (perf: ``clear_page``
+    and ``exc_page_fault`` under ``memmove``); with these settings 1.2 ms. This fixes the mmap
+    threshold at 32 MiB (glibc's maximum: frames up to 32 MiB stay in the heap) and the trim
+    threshold at 64 MiB, the values glibc's own adjustment would reach; the node's cleanup still
+    returns memory with ``malloc_trim``. Returns ``False`` where this is not glibc.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6")
+        mapped = libc.mallopt(_M_MMAP_THRESHOLD, _MAX_FRAME_BYTES)
+        trimmed = libc.mallopt(_M_TRIM_THRESHOLD, 2 * _MAX_FRAME_BYTES)
+        return bool(mapped and trimmed)
+    return False
 
 
 @dataclass(frozen=True)
 class Frame:
-    """A received image message and when it arrived (ROS clock, nanoseconds)."""
+    """A received image message, when it arrived (ROS clock, ns) and, when traced, its stage marks."""
 
     msg: Image | CompressedImage
     received_ns: int
+    #: ``time.time_ns()`` at each stage passed so far (:attr:`StageTrace.STAGES`); None: not traced
+    marks: list[int] | None = None
+
+    def mark(self) -> None:
+        """Record that the frame passed the next stage (a no-op unless traced)."""
+        if self.marks is not None:
+            self.marks.append(time.time_ns())
+
+
+class StageTrace:
+    """When each frame passed each stage of the node's frame path (wall clock, ns), for ``node_bench``.
+
+    Enabled by ``DOFA_NODE_TRACE=<file>`` (:meth:`from_env`); :meth:`write` saves
+    ``{"stages": [...], "frames": [[stamp_ns, inference_ms, mark_ns...], ...]}`` where ``stamp_ns``
+    is the image header's stamp and each mark is ``time.time_ns()`` (the system clock, which the
+    publisher of the frames reads too). At most :attr:`MAX_FRAMES` frames are kept.
+    """
+
+    STAGES = ("callback", "queued", "taken", "converted", "classified", "built", "published")
+    MAX_FRAMES = 100_000
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.frames: list[list[float]] = []
+
+    @classmethod
+    def from_env(cls) -> StageTrace | None:
+        """A trace writing to ``$DOFA_NODE_TRACE``; None when the variable is unset or empty."""
+        path = os.environ.get(TRACE_ENV, "")
+        return cls(Path(path)) if path else None
+
+    def start(self) -> list[int] | None:
+        """The marks of a new frame, its first stage (callback) marked; None once full."""
+        return [time.time_ns()] if len(self.frames) < self.MAX_FRAMES else None
+
+    def finish(self, frame: Frame, inference_ms: float) -> None:
+        """Keep a frame that passed every stage (frames that failed on the way are left out)."""
+        if frame.marks is not None and len(frame.marks) == len(self.STAGES):
+            stamp = frame.msg.header.stamp
+            self.frames.append(
+                [int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec), inference_ms, *frame.marks]
+            )
+
+    def write(self) -> None:
+        """Save the trace (atomically) to :attr:`path`."""
+        write_json(self.path, {"stages": list(self.STAGES), "frames": self.frames})
 
 
 def frame_rgb(msg: Image | CompressedImage, *, max_pixels: int) -> np.ndarray:
@@ -68,10 +163,18 @@ class FramePipeline:
         name: the worker thread's name.
         logger: where rejected frames are reported (throttled: every 5 s at most).
         still_running: false once the process shuts down (a frame failing then is no error).
+        trace: records every frame's stages when given (``DOFA_NODE_TRACE``).
     """
 
-    def __init__(self, name: str, logger: RcutilsLogger, still_running: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        name: str,
+        logger: RcutilsLogger,
+        still_running: Callable[[], bool],
+        trace: StageTrace | None = None,
+    ) -> None:
         self._name = name
+        self.trace = trace
         self._logger = logger
         self._still_running = still_running
         self._slot: LatestSlot[Frame] = LatestSlot()
@@ -96,9 +199,23 @@ class FramePipeline:
         """Frames handed over by the subscriptions."""
         return self._slot.received
 
-    def put(self, frame: Frame) -> None:
-        """Hand over a frame (replaces an unprocessed one)."""
-        self._slot.put(frame)
+    def begin(self) -> list[int] | None:
+        """The stage marks of a frame whose subscription callback starts now (None unless traced)."""
+        return self.trace.start() if self.trace is not None else None
+
+    def put(self, msg: Image | CompressedImage, received_ns: int, marks: list[int] | None = None) -> None:
+        """Hand over a received message (replaces an unprocessed one); an idle worker takes it at once.
+
+        ``marks``: from :meth:`begin` at the start of the callback.
+        """
+        frame = Frame(msg=msg, received_ns=received_ns, marks=marks)
+        frame.mark()  # queued
+        self._slot.put(frame, handoff_s=_HANDOFF_S)
+
+    def finish(self, frame: Frame, inference_ms: float) -> None:
+        """The frame's prediction is published: keep its stage marks when tracing."""
+        if self.trace is not None:
+            self.trace.finish(frame, inference_ms)
 
     def start(self, process: Callable[[Frame], None]) -> None:
         """Start the worker thread calling ``process`` on each newest frame."""
@@ -138,6 +255,7 @@ class FramePipeline:
             frame = self._slot.take(timeout=0.2)
             if frame is None or stop.is_set():
                 continue
+            frame.mark()  # taken
             try:
                 process(frame)
             except (ImageError, DofaError) as exc:

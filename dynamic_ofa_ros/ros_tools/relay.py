@@ -4,17 +4,26 @@ It subscribes to the camera ``Image`` with the classifier's QoS (sensor data: be
 keep last 1) and publishes a ``Prediction`` carrying only the frame's header, from a
 ``SingleThreadedExecutor`` like the classifier. ``node_bench`` sends the same frames through it
 in lock step, in the same run, so the classifier's added latency can be compared with what
-the transport and rclpy alone cost::
+the transport and rclpy alone cost. Its frame buffers are kept in the heap as the classifier's are
+(:func:`~dynamic_ofa_ros.node_frames.keep_frame_buffers`): without that a fresh process
+page-faults every large frame in, which would make the floor a measure of glibc's thresholds::
 
     python -m dynamic_ofa_ros.ros_tools.relay --name dofa_relay --topic /camera/image_raw
+
+With ``DOFA_NODE_TRACE=<file>`` it records, like the classifier's
+:class:`~dynamic_ofa_ros.node_frames.StageTrace`, when each frame's callback started and its
+message was published (``time.time_ns``), written to the file when it stops.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
 
 __all__ = ["main"]
 
@@ -33,7 +42,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from sensor_msgs.msg import Image
 
     from dynamic_ofa_ros.msg import Prediction
+    from dynamic_ofa_ros.node_frames import TRACE_ENV, StageTrace, keep_frame_buffers
+    from dynamic_ofa_ros.timing import write_json
 
+    keep_frame_buffers()  # as the classifier does: the floor is transport and rclpy, not page faults
     with contextlib.suppress(KeyboardInterrupt, ExternalShutdownException), rclpy.init():
         node = Node(args.name)
         publisher = node.create_publisher(Prediction, "~/prediction", 10)
@@ -43,15 +55,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             reliability=qos_profile_sensor_data.reliability,
         )
 
+        trace_path = os.environ.get(TRACE_ENV, "")
+        rows: list[list[float]] = []
+
         def relay(msg: Image) -> None:
+            started = time.time_ns() if trace_path else 0
             out = Prediction()
             out.header = msg.header
             publisher.publish(out)
+            if trace_path and len(rows) < StageTrace.MAX_FRAMES:
+                stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+                rows.append([stamp, 0.0, started, time.time_ns()])
 
         node.create_subscription(Image, args.topic, relay, sensor)
         executor = SingleThreadedExecutor()
         executor.add_node(node)
-        executor.spin()
+        try:
+            executor.spin()
+        finally:
+            if trace_path:
+                write_json(Path(trace_path), {"stages": ["callback", "published"], "frames": rows})
     return 0
 
 
