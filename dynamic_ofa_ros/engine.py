@@ -36,7 +36,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -44,6 +44,8 @@ from dynamic_ofa_ros.backends import (
     BackendFallbackWarning,
     CompiledLevel,
     CompileOptions,
+    Precision,
+    check_precision,
     choose_backend,
 )
 from dynamic_ofa_ros.backends.build import compile_table_level
@@ -180,8 +182,7 @@ class LevelEngine:
         _check_table(table, supernet, kind if check_device else None)
         self.table = table
         self.backend, self.warnings = self._choose_backend(backend, check_backend, kind)
-        if precision != "f32":
-            raise ModelSourceError(f"precision {precision!r} is not supported; use 'f32'")
+        check_precision(self.backend, precision)  # bf16 only where the backend and CPU have it
         self.preprocessing = _preprocessing(preprocessing)
         self._cache = ArtefactCache(cache_dir)
         self._source = as_source(supernet)
@@ -195,7 +196,9 @@ class LevelEngine:
         self.threads: int | None = _cpu_threads(threads, table, self.backend) if kind == "cpu" else None
         if kind != "cpu" and threads is not None:
             _torch_threads(int(threads))
-        self._compile_options = CompileOptions(threads=self.threads or 1, precision="f32")
+        self._compile_options = CompileOptions(
+            threads=self.threads or 1, precision=cast(Precision, precision)
+        )
         from tqdm import tqdm  # type: ignore[import-untyped]
 
         levels = tqdm(table.levels, desc="materialising levels", unit="level", leave=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -67,3 +68,24 @@ def test_openvino_bf16_follows_the_cpu(tiny_onnx: Path) -> None:
             compile_level(str(tiny_onnx), CompileOptions(threads=1, precision="bf16"))
     level32 = compile_level(str(tiny_onnx), CompileOptions(threads=1, precision="f32"))
     assert level32.precision == "f32" and level32.threads == 1
+
+
+def test_the_engine_checks_the_precision(rand: Any, table: Any, for_backend: Any) -> None:
+    """``LevelEngine(precision="bf16")`` runs only where the CPU has it; here it names the fix first."""
+    from dynamic_ofa_ros.engine import LevelEngine
+
+    if not installed("openvino"):
+        pytest.skip("openvino is not installed")
+    if _cpu_has_bf16():
+        pytest.skip("this CPU has BF16: the compile path is covered by test_openvino_bf16_follows_the_cpu")
+    with pytest.raises(ModelSourceError, match="use precision f32 here"):
+        LevelEngine(
+            rand,
+            for_backend(table, "openvino"),
+            device="cpu",
+            threads=1,
+            backend="openvino",
+            precision="bf16",
+        )
+    with pytest.raises(ModelSourceError, match="runs f32 only"):
+        LevelEngine(rand, table, device="cpu", threads=1, backend="torch", precision="bf16")
