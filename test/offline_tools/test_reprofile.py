@@ -87,7 +87,11 @@ def test_reprofile_measures_every_level_in_the_backend(
     for m in result.measured:
         assert m.latency_p95_ms >= m.latency_ms > 0 and m.accuracy is None  # random weights: no top-1
     kept = [lv.config for lv in result.table.levels]
-    assert kept == [m.level.config for m in result.measured if m.level.config in kept]
+    # kept levels: measured ones, in order of their new latency (4 timed frames on a busy
+    # machine may swap two close levels; the table is then re-ordered, never mislabelled)
+    assert set(kept) <= {m.level.config for m in result.measured}
+    latencies = [lv.latency_ms for lv in result.table.levels]
+    assert latencies == sorted(latencies)
     assert len(result.dropped) == 2 - len(kept)
     source_record = result.table.extra["reprofiled_from"]
     assert source_record["backend"] == "torch" and source_record["table"] == "cpu-torch.json"
