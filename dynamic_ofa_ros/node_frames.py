@@ -4,10 +4,7 @@ Subscriptions only :meth:`FramePipeline.put` the newest frame into a single-slot
 :class:`~dynamic_ofa_ros.latest.LatestSlot` (replacing an unprocessed one counts as *dropped*,
 so no backlog can build up); one worker thread takes it and calls the node's ``process``.
 The thread runs only while the node is active (:meth:`FramePipeline.start` /
-:meth:`FramePipeline.stop`), so an inactive node uses no CPU for frames. The subscription
-callback hands the frame over and waits (GIL released, at most 2 ms) until an idle worker has
-taken it, so the worker starts before the executor thread's own Python work
-(:mod:`dynamic_ofa_ros.latest`).
+:meth:`FramePipeline.stop`), so an inactive node uses no CPU for frames.
 
 :class:`StageTrace` records when each frame passed each stage of this path (enabled by the
 environment variable ``DOFA_NODE_TRACE=<file>``; ``node_bench`` uses it for its breakdown).
@@ -44,8 +41,6 @@ __all__ = [
 ]
 
 _WARN_PERIOD_S = 5.0
-#: how long the subscription callback waits for an idle worker to take its frame
-_HANDOFF_S = 0.002
 #: environment variable naming the file a :class:`StageTrace` is written to
 TRACE_ENV = "DOFA_NODE_TRACE"
 #: glibc's mallopt() parameters (malloc.h)
@@ -204,13 +199,13 @@ class FramePipeline:
         return self.trace.start() if self.trace is not None else None
 
     def put(self, msg: Image | CompressedImage, received_ns: int, marks: list[int] | None = None) -> None:
-        """Hand over a received message (replaces an unprocessed one); an idle worker takes it at once.
+        """Hand over a received message (replaces an unprocessed one).
 
         ``marks``: from :meth:`begin` at the start of the callback.
         """
         frame = Frame(msg=msg, received_ns=received_ns, marks=marks)
         frame.mark()  # queued
-        self._slot.put(frame, handoff_s=_HANDOFF_S)
+        self._slot.put(frame)
 
     def finish(self, frame: Frame, inference_ms: float) -> None:
         """The frame's prediction is published: keep its stage marks when tracing."""

@@ -6,34 +6,51 @@ the middle of rclpy code that builds an executor, a wait set or a lifecycle tran
 Jazzy's rclpy (7.x) a SIGTERM in the instant between activation and spinning left a half-built
 executor behind ("Exception ignored in Executor.__del__", once a segfault at teardown). So here:
 
-* :class:`StopSignals` replaces those handlers before rclpy is initialised. It raises
-  ``KeyboardInterrupt`` only inside :meth:`StopSignals.interruptible` -- around the long,
-  rclpy-free model loading of *configure* -- and otherwise only records the request.
-* rclpy's own C-level handlers (installed after the executor exists, so no signal can shut the
-  context down while it is being built) shut the context down and wake the executor; the loop
-  then ends with ``ExternalShutdownException`` and the main thread tears down in order:
-  executor, node (the inference thread is joined before any entity is destroyed), context.
-* An rclpy call that fails because a signal has just shut the context down is a clean stop too.
+* :class:`StopSignals` replaces those handlers before rclpy is initialised (with no rclpy signal
+  handlers). It raises ``KeyboardInterrupt`` only inside :meth:`StopSignals.interruptible` --
+  around the long, rclpy-free model loading of *configure* -- and otherwise only records the
+  request, which the start-up checks before it spins and the executor loop after every spin.
+* With the ``EventsExecutor`` that is all: no thread shuts the context down under the running
+  node; the loop ends (within 0.25 s) and the main thread tears down with the context intact,
+  in order: executor, node (the inference thread is joined before any entity is destroyed),
+  context. With the ``SingleThreadedExecutor`` rclpy's handlers are installed once it exists (so
+  that no signal can shut the context down while it is being built): they shut the context down
+  and wake it, and an rclpy call that fails because of that is a clean stop too.
+
+Executor. rclpy's C++ ``EventsExecutor`` (``rclpy.experimental``, in Jazzy's and Kilted's rclpy)
+where it exists, else the ``SingleThreadedExecutor``; ``DOFA_NODE_EXECUTOR=single`` forces the
+latter. The Python executor rebuilds its wait set after every callback, about 1 ms of Python per
+frame on a 2-core machine, and the inference thread cannot run Python meanwhile (the GIL): in
+lock step it added that to every frame (``node_bench``, ``docs/node.md``). With rclpy's signal
+handlers also installed, the ``EventsExecutor`` aborted the process at teardown in 4 of 51
+starts that got a SIGTERM right after activation ("Destroying callback manager with callbacks
+remaining", rclpy 9.1.2); with StopSignals alone, 0 of 40 on Kilted and 0 of 40 on Jazzy.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
 
 import rclpy
 from rclpy._rclpy_pybind11 import RCLError
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import Executor, ExternalShutdownException, SingleThreadedExecutor
 from rclpy.logging import get_logger
 from rclpy.signals import SignalHandlerOptions, install_signal_handlers
 
 from dynamic_ofa_ros.node import NODE_NAME, ClassifierNode, StartupError
 from dynamic_ofa_ros.node_frames import keep_frame_buffers
 
-__all__ = ["StopSignals", "main", "spin"]
+__all__ = ["EXECUTOR_ENV", "StopSignals", "events_executor", "main", "spin"]
+
+#: ``DOFA_NODE_EXECUTOR=single``: rclpy's SingleThreadedExecutor instead of its EventsExecutor
+EXECUTOR_ENV = "DOFA_NODE_EXECUTOR"
+#: the longest a spin waits before the loop checks for a stop request again
+_SPIN_TIMEOUT_S = 0.25
 
 
 class StopSignals:
@@ -65,17 +82,30 @@ class StopSignals:
             self._interruptible = False
 
 
-def spin(node: ClassifierNode, executor: SingleThreadedExecutor) -> None:
-    """Run ``node``'s callbacks until a signal shuts the context down or its lifecycle shutdown.
+def events_executor() -> Callable[..., Executor] | None:
+    """The factory of rclpy's ``EventsExecutor``; None where missing or ``DOFA_NODE_EXECUTOR=single``."""
+    if os.environ.get(EXECUTOR_ENV, "events") == "single":
+        return None
+    try:
+        from rclpy.experimental import EventsExecutor
+    except ImportError:  # an rclpy without it: the Python executor
+        return None
+    return EventsExecutor
+
+
+def spin(node: ClassifierNode, executor: Executor, stop: StopSignals) -> None:
+    """Run ``node``'s callbacks until a signal, a context shutdown or the node's lifecycle shutdown.
 
     The lifecycle ``shutdown`` transition runs on this thread, so the loop sees it at once. A
-    signal wakes the executor through rclpy's guard condition, but that can come before rclpy's
-    signal thread has shut the context down, and the executor then waits again (measured: for
-    good, with no timeout); the 1 s timeout bounds that.
+    signal reaches the loop through :class:`StopSignals` (Python runs the handler between two
+    ``spin_once`` calls) or, with the ``SingleThreadedExecutor``, through rclpy's handlers, whose
+    wake-up can come before their thread has shut the context down, after which the executor
+    waits again (measured: for good, with no timeout). Hence the short timeout: a stop takes at
+    most ``_SPIN_TIMEOUT_S``.
     """
     executor.add_node(node)
-    while node.context.ok() and not node.finalized:
-        executor.spin_once(timeout_sec=1.0)
+    while node.context.ok() and not node.finalized and not stop.requested:
+        executor.spin_once(timeout_sec=_SPIN_TIMEOUT_S)
 
 
 def main(args: list[str] | None = None) -> int:
@@ -96,15 +126,20 @@ def main(args: list[str] | None = None) -> int:
 def _run(argv: list[str], stop: StopSignals) -> int:
     logger = get_logger(NODE_NAME)
     try:
-        # Not `with rclpy.init()`: Jazzy's rclpy (7.x) returns None there. rclpy's signal handlers
-        # come once the executor exists (below).
+        # Not `with rclpy.init()`: Jazzy's rclpy (7.x) returns None there. No rclpy signal handlers
+        # yet: until the executor exists, StopSignals alone handles SIGINT/SIGTERM.
         rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
     except RCLError as exc:  # e.g. a missing or unparsable --params-file
         logger.fatal(f"cannot start: {str(exc).strip()}; check the --ros-args (--params-file, -p)")
         return 1
     context = rclpy.get_default_context()
-    executor = SingleThreadedExecutor(context=context)
-    install_signal_handlers(SignalHandlerOptions.ALL)
+    events = events_executor()
+    executor: Executor | None = None
+    if events is None:
+        # rclpy's handlers shut the context down and wake this executor; installed once it exists,
+        # so that no signal can shut the context down while it is being built
+        executor = SingleThreadedExecutor(context=context)
+        install_signal_handlers(SignalHandlerOptions.ALL)
     node: ClassifierNode | None = None
     try:
         if stop.requested:
@@ -118,7 +153,13 @@ def _run(argv: list[str], stop: StopSignals) -> int:
                 f"{node.get_fully_qualified_name()} configure (then activate)"
             )
         keep_frame_buffers()
-        spin(node, executor)
+        if executor is None:
+            # with it, StopSignals alone takes SIGINT/SIGTERM: no thread shuts the context down
+            # under the running node; the loop ends and the teardown runs with the context intact
+            executor = events(context=context)
+        if stop.requested:
+            return 0
+        spin(node, executor, stop)
     except StartupError as exc:
         if context.ok() and not stop.requested:
             logger.fatal(f"cannot start: {exc}")
@@ -134,9 +175,10 @@ def _run(argv: list[str], stop: StopSignals) -> int:
     return 0
 
 
-def _teardown(executor: SingleThreadedExecutor, node: ClassifierNode | None) -> None:
+def _teardown(executor: Executor | None, node: ClassifierNode | None) -> None:
     """Executor, then node (its inference thread joined first), then the context."""
-    executor.shutdown()
+    if executor is not None:
+        executor.shutdown()
     if node is not None:
         node.destroy_node()
     rclpy.try_shutdown()

@@ -20,28 +20,34 @@ and the node process's CPU time per frame, in all and in its main (executor) thr
 
 The floor, measured in the same run over the same transport: a plain rclpy relay node
 (:mod:`dynamic_ofa_ros.ros_tools.relay`: subscribe the Image, publish a Prediction with its
-header, nothing else) gets the same frames in lock step on its own topic, alternating frame by
-frame with the classifier (so both see the same machine). Per frame size and level
-``relay_roundtrip_ms`` is its round trip, ``node_added_ms`` the classifier's round trip minus
-its own inference time, and ``added_over_relay_ms_p50`` the difference of their medians: what the
-classifier costs beyond what any ROS node costs.
+header, nothing else) gets every frame right after the classifier, in lock step on its own topic
+(so both see the same machine). Per frame size and level ``relay_roundtrip_ms`` is its round
+trip, ``node_added_ms`` the classifier's round trip minus its own inference time, and
+``added_over_relay_ms_p50`` the difference of their medians: what the classifier costs beyond
+what any ROS node costs. ``classifier_node`` spins rclpy's C++ ``EventsExecutor``
+(:mod:`dynamic_ofa_ros.node_main`); a second relay on that executor gives
+``relay_events_roundtrip_ms`` and ``added_over_relay_events_ms_p50``, the classifier's own work
+alone. The node's executor can be switched with ``DOFA_NODE_EXECUTOR=single`` (recorded as
+``node_executor``).
 
-Where that time goes: both processes run with ``DOFA_NODE_TRACE`` (the node's
-:class:`~dynamic_ofa_ros.node_frames.StageTrace`, the relay's own), which records the wall clock
-(the publisher's clock, ``time.time_ns``) at each stage of every frame. ``breakdown_ms`` gives
-per stage (p50/p95/p99/mean, ms): for the node ``transport_in`` (stamp -> subscription callback:
-serialisation, DDS, executor wake-up, the message taken into Python), ``callback`` (the callback
-up to the hand-over), ``handover`` (-> the inference thread has the frame), ``conversion``
-(message -> RGB array), ``classify_overhead`` (classify minus the engine's ``inference_ms``:
-clock, top-k, manager), ``message`` (building the Prediction), ``publish`` and ``transport_out``
-(-> the prediction's arrival at the publisher); for the relay ``transport_in``, ``callback``
-(build + publish) and ``transport_out``.
+Where that time goes: the processes run with ``DOFA_NODE_TRACE`` (the node's
+:class:`~dynamic_ofa_ros.node_frames.StageTrace`, the relays' own), which records the wall clock
+(``time.time_ns``, the clock the publisher stamps with) at each stage of every frame.
+``breakdown_ms`` gives per stage (p50/p95/p99/mean, ms): for the node ``transport_in`` (stamp ->
+subscription callback: serialisation, DDS, executor wake-up, the message taken into Python),
+``callback`` (the callback up to the hand-over), ``handover`` (-> the inference thread has the
+frame), ``conversion`` (message -> RGB array), ``classify_overhead`` (classify minus the
+engine's ``inference_ms``: clock, top-k, manager), ``message`` (building the Prediction) and
+``out`` (publish and transport back to the publisher); for each relay ``transport_in`` and
+``out`` (its callback, publish and transport back). Inference time that grows because another
+thread of the node holds the GIL is inside ``inference_ms``, so compare ``roundtrip_ms`` too.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import platform
@@ -51,7 +57,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -60,6 +66,7 @@ import numpy as np
 from tqdm import tqdm
 
 from dynamic_ofa_ros.node_frames import TRACE_ENV
+from dynamic_ofa_ros.node_main import EXECUTOR_ENV
 from dynamic_ofa_ros.paths import default_level_table
 from dynamic_ofa_ros.ros_tools.common import CAMERA_TOPIC, ClassifierProcess, image_msg, write_result
 from dynamic_ofa_ros.ros_tools.lockstep import Answer, LockStepPlayer
@@ -74,8 +81,6 @@ if TYPE_CHECKING:
 __all__ = ["NODE_NAME", "main", "run"]
 
 NODE_NAME = "dofa_node_bench_classifier"
-RELAY_NAME = "dofa_node_bench_relay"
-RELAY_TOPIC = "/dofa_node_bench/relay_image"
 _MAX_LOST = 3  # a case with this many lost frames is a transport problem, not a measurement
 
 
@@ -163,12 +168,19 @@ class _Usage:
         return round(1000.0 * total / frames, 3), round(1000.0 * main / frames, 3), round(faults, 1)
 
 
+#: the floors: the relay on rclpy's SingleThreadedExecutor (a plain node) and on its EventsExecutor
+#: (the executor classifier_node runs); (name, --executor, topic)
+_RELAYS = (
+    ("relay", "single", "/dofa_node_bench/relay_image"),
+    ("relay_events", "events", "/dofa_node_bench/relay_events_image"),
+)
+
+
 @dataclass
 class _Sent:
-    """The frames of one case as sent: header stamps (ns) and what came back."""
+    """The frames of one case as sent, per receiver (node, then the relays): stamp (ns) and answer."""
 
-    node: list[tuple[int, Answer]] = field(default_factory=list)
-    relay: list[tuple[int, Answer]] = field(default_factory=list)
+    answers: list[list[tuple[int, Answer]]]
     lost: int = 0
 
 
@@ -180,53 +192,47 @@ def _send(player: LockStepPlayer, msg: Image, timeout: float) -> tuple[int, Answ
 
 
 def _lockstep(
-    players: tuple[LockStepPlayer, LockStepPlayer],
-    messages: list[Image],
-    args: argparse.Namespace,
-    pids: tuple[int, int],
+    players: list[LockStepPlayer], messages: list[Image], args: argparse.Namespace, pids: list[int]
 ) -> tuple[_Sent, dict[str, float | None]]:
-    """``args.frames`` frames (after ``args.warmup``) alternately through the node and the relay."""
-    player, relay = players
-    sent = _Sent()
-    usage = (_Usage({}, 0), _Usage({}, 0))
+    """``args.frames`` frames (after ``args.warmup``), each to the node and then to every relay."""
+    sent = _Sent([[] for _ in players])
+    usage = [_Usage({}, 0) for _ in pids]
     for i in range(args.warmup + args.frames):
         if i == args.warmup:
-            usage = (_Usage.of(pids[0]), _Usage.of(pids[1]))
+            usage = [_Usage.of(pid) for pid in pids]
         msg = messages[i % len(messages)]
-        stamp, got = _send(player, msg, args.timeout)
-        if got is None:
-            sent.lost += 1
-            if sent.lost >= _MAX_LOST:
-                raise RuntimeError(
-                    f"{sent.lost} of {msg.width}x{msg.height} frames got no prediction within "
-                    f"{args.timeout:g} s; "
-                    "frames over 512 KiB need FASTDDS_DEFAULT_PROFILES_FILE=config/fastdds_large_frames.xml "
-                    "(scripts/ros-env sets it) in this process"
-                )
-        elif i >= args.warmup:
-            sent.node.append((stamp, got))
-        stamp, echoed = _send(relay, msg, args.timeout)
-        if echoed is not None and i >= args.warmup:
-            sent.relay.append((stamp, echoed))
-    if not sent.relay:
-        raise RuntimeError("the relay node answered no frame; is rclpy's transport working?")
+        for k, player in enumerate(players):
+            stamp, got = _send(player, msg, args.timeout)
+            if got is not None and i >= args.warmup:
+                sent.answers[k].append((stamp, got))
+            elif got is None and k == 0:
+                sent.lost += 1
+                if sent.lost >= _MAX_LOST:
+                    raise RuntimeError(
+                        f"{sent.lost} of {msg.width}x{msg.height} frames got no prediction within "
+                        f"{args.timeout:g} s; frames over 512 KiB need FASTDDS_DEFAULT_PROFILES_FILE="
+                        "config/fastdds_large_frames.xml (scripts/ros-env sets it) in this process"
+                    )
+    if not all(sent.answers[1:]):
+        raise RuntimeError("a relay node answered no frame; is rclpy's transport working?")
     node_cpu, executor_cpu, node_faults = usage[0].per_frame(pids[0], args.frames)
-    relay_cpu, _, relay_faults = usage[1].per_frame(pids[1], args.frames)
-    return sent, {
+    cpu: dict[str, float | None] = {
         "process_cpu_ms_per_frame": node_cpu,
         "executor_thread_cpu_ms_per_frame": executor_cpu,
         "page_faults_per_frame": node_faults,
-        "relay_process_cpu_ms_per_frame": relay_cpu,
-        "relay_page_faults_per_frame": relay_faults,
     }
+    for (name, _, _), pid, before in zip(_RELAYS, pids[1:], usage[1:], strict=True):
+        relay_cpu, _, relay_faults = before.per_frame(pid, args.frames)
+        cpu[f"{name}_process_cpu_ms_per_frame"] = relay_cpu
+        cpu[f"{name}_page_faults_per_frame"] = relay_faults
+    return sent, cpu
 
 
 def _case_row(sent: _Sent, n: int) -> dict[str, Any]:
     """The statistics of one case's node and relay frames."""
-    rows = [answer for _, answer in sent.node]
-    floor = _stats([answer.roundtrip_ms for _, answer in sent.relay])
+    rows = [answer for _, answer in sent.answers[0]]
     added = _stats([r.roundtrip_ms - r.inference_ms for r in rows])
-    return {
+    row: dict[str, Any] = {
         "frames": n,
         "answered": len(rows),
         "lost": sent.lost,
@@ -236,9 +242,12 @@ def _case_row(sent: _Sent, n: int) -> dict[str, Any]:
         "roundtrip_ms": _stats([r.roundtrip_ms for r in rows]),
         "node_added_ms": added,
         "levels_seen": sorted({r.level for r in rows}),
-        "relay_roundtrip_ms": floor,
-        "added_over_relay_ms_p50": round(added["p50"] - floor["p50"], 4),
     }
+    for (name, _, _), answers in zip(_RELAYS, sent.answers[1:], strict=True):
+        floor = _stats([answer.roundtrip_ms for _, answer in answers])
+        row[f"{name}_roundtrip_ms"] = floor
+        row[f"added_over_{name}_ms_p50"] = round(added["p50"] - floor["p50"], 4)
+    return row
 
 
 def _read_trace(path: Path) -> tuple[list[str], dict[int, list[float]]]:
@@ -250,55 +259,45 @@ def _read_trace(path: Path) -> tuple[list[str], dict[int, list[float]]]:
     return list(trace["stages"]), {int(row[0]): row for row in trace["frames"]}
 
 
+#: the node's trace stages (StageTrace.STAGES) and the spans from the stamp to the arrival back:
+#: ``out`` is publish + transport back (the publishing thread may be descheduled before
+#: publish() returns, after the prediction has arrived: only their sum is meaningful)
+_NODE_STAGES = ("callback", "queued", "taken", "converted", "classified", "built")
+_NODE_PARTS = ("transport_in", "callback", "handover", "conversion", "classify_overhead", "message", "out")
+
+
 def _node_breakdown(sent: list[tuple[int, Answer]], stages: list[str], rows: dict[int, list[float]]) -> Any:  # noqa: ANN401 - JSON
     """Per stage of the node's frame path, ms (see the module docstring); None without a trace."""
     parts: dict[str, list[float]] = {name: [] for name in _NODE_PARTS}
     for stamp, answer in sent:
         row = rows.get(stamp)
-        if row is None or stages != list(_NODE_STAGES):
+        if row is None or tuple(stages[: len(_NODE_STAGES)]) != _NODE_STAGES:
             continue
-        inference_ms = row[1]
         marks = dict(zip(stages, row[2:], strict=True))
         received = stamp + answer.roundtrip_ms * 1e6  # the publisher's clock: stamp + round trip
         points = [stamp, *(marks[name] for name in _NODE_STAGES), received]
-        spans = [(b - a) / 1e6 for a, b in zip(points, points[1:], strict=False)]
+        spans = [(b - a) / 1e6 for a, b in itertools.pairwise(points)]
         # the classified stage includes the engine's inference: count only what classify adds
-        spans[_NODE_PARTS.index("classify_overhead")] -= inference_ms
+        spans[_NODE_PARTS.index("classify_overhead")] -= row[1]
         for name, value in zip(_NODE_PARTS, spans, strict=True):
             parts[name].append(value)
-    if not parts["publish"]:
+    if not parts["out"]:
         return None
-    return {"frames": len(parts["publish"]), **{name: _stats(values) for name, values in parts.items()}}
+    return {"frames": len(parts["out"]), **{name: _stats(values) for name, values in parts.items()}}
 
 
 def _relay_breakdown(sent: list[tuple[int, Answer]], stages: list[str], rows: dict[int, list[float]]) -> Any:  # noqa: ANN401 - JSON
-    """The relay's transport in, callback (build + publish) and transport out, ms; None without a trace."""
-    parts: dict[str, list[float]] = {"transport_in": [], "callback": [], "transport_out": []}
+    """The relay's transport in and out (callback start -> arrival back), ms; None without a trace."""
+    parts: dict[str, list[float]] = {"transport_in": [], "out": []}
     for stamp, answer in sent:
         row = rows.get(stamp)
         if row is None or stages != ["callback", "published"]:
             continue
-        callback, published = row[2], row[3]
-        parts["transport_in"].append((callback - stamp) / 1e6)
-        parts["callback"].append((published - callback) / 1e6)
-        parts["transport_out"].append((stamp + answer.roundtrip_ms * 1e6 - published) / 1e6)
-    if not parts["callback"]:
+        parts["transport_in"].append((row[2] - stamp) / 1e6)
+        parts["out"].append((stamp + answer.roundtrip_ms * 1e6 - row[2]) / 1e6)
+    if not parts["out"]:
         return None
-    return {"frames": len(parts["callback"]), **{name: _stats(values) for name, values in parts.items()}}
-
-
-#: the node's trace stages (StageTrace.STAGES) and the spans between them, stamp to arrival back
-_NODE_STAGES = ("callback", "queued", "taken", "converted", "classified", "built", "published")
-_NODE_PARTS = (
-    "transport_in",
-    "callback",
-    "handover",
-    "conversion",
-    "classify_overhead",
-    "message",
-    "publish",
-    "transport_out",
-)
+    return {"frames": len(parts["out"]), **{name: _stats(values) for name, values in parts.items()}}
 
 
 @contextlib.contextmanager
@@ -319,6 +318,46 @@ def _load_average() -> list[float]:
     return [round(v, 2) for v in os.getloadavg()]
 
 
+def _header(
+    args: argparse.Namespace, engine: LevelEngine, levels: list[int], table_path: Path
+) -> dict[str, Any]:
+    execution = engine.execution[levels[0]]
+    return {
+        "tool": "dynamic_ofa_ros.ros_tools.node_bench",
+        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+        "device": device_name(args.device),
+        "cpu": cpu_name(),
+        "python": platform.python_version(),
+        "backend": execution.get("backend"),
+        "backend_version": execution.get("backend_version"),
+        "threads": engine.threads,
+        "load_average_start": _load_average(),
+        "model": args.model,
+        "table": str(table_path),
+        "transport": "rclpy + Fast DDS (rmw_fastrtps_cpp), classifier_node in its own process",
+        "node_executor": os.environ.get(EXECUTOR_ENV, "events"),
+        "method": (
+            "lock step (next frame after the previous prediction); each frame goes to the classifier, "
+            "then to the relay (SingleThreadedExecutor) and the relay_events (EventsExecutor); level "
+            "locked by ~/set_level"
+        ),
+        "frames": args.frames,
+        "warmup": args.warmup,
+        "runs": [],
+    }
+
+
+def _start_relays(tmp: Path) -> list[subprocess.Popen[bytes]]:
+    return [
+        subprocess.Popen(
+            [sys.executable, "-m", "dynamic_ofa_ros.ros_tools.relay"]
+            + ["--name", f"dofa_node_bench_{name}", "--topic", topic, "--executor", executor],
+            env={**os.environ, TRACE_ENV: str(tmp / f"{name}-trace.json")},
+        )
+        for name, executor, topic in _RELAYS
+    ]
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Measure every (frame size, level); return the result document."""
     import cv2
@@ -334,63 +373,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     levels = args.levels or sorted({1, len(table.levels)})
     pics, where = load_photos(args.data, limit=8, size=(640, 480))
     engine = LevelEngine(supernet, table, device=args.device)
-    execution = engine.execution[levels[0]]
-    result: dict[str, Any] = {
-        "tool": "dynamic_ofa_ros.ros_tools.node_bench",
-        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
-        "device": device_name(args.device),
-        "cpu": cpu_name(),
-        "python": platform.python_version(),
-        "backend": execution.get("backend"),
-        "backend_version": execution.get("backend_version"),
-        "threads": engine.threads,
-        "load_average_start": _load_average(),
-        "model": args.model,
-        "table": str(table_path),
-        "photos": where,
-        "transport": "rclpy + Fast DDS (rmw_fastrtps_cpp), classifier_node in its own process",
-        "method": (
-            "lock step (next frame after the previous prediction), classifier and relay frames "
-            "alternating; level locked by ~/set_level"
-        ),
-        "frames": args.frames,
-        "warmup": args.warmup,
-        "runs": [],
-    }
+    result = _header(args, engine, levels, table_path)
+    result["photos"] = where
     cases = [(size, level) for size in args.sizes for level in levels]
-    with tempfile.TemporaryDirectory(prefix="dofa-node-bench-") as tmp:
-        traces = (Path(tmp) / "classifier-trace.json", Path(tmp) / "relay-trace.json")
+    sent: list[_Sent] = []
+    with tempfile.TemporaryDirectory(prefix="dofa-node-bench-") as tmp_dir:
+        tmp = Path(tmp_dir)
         params = {"model": args.model, "device": args.device, "level_table": str(table_path), "threads": 0}
-        with _environment(TRACE_ENV, str(traces[0])):
-            classifier = ClassifierProcess.start(NODE_NAME, params, Path(tmp) / "classifier.log")
-        relay_process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "dynamic_ofa_ros.ros_tools.relay",
-                "--name",
-                RELAY_NAME,
-                "--topic",
-                RELAY_TOPIC,
-            ],
-            env={**os.environ, TRACE_ENV: str(traces[1])},
-        )
-        sent: list[_Sent] = []
+        with _environment(TRACE_ENV, str(tmp / "classifier-trace.json")):
+            classifier = ClassifierProcess.start(NODE_NAME, params, tmp / "classifier.log")
+        relays = _start_relays(tmp)
         with rclpy.init(args=[]) as context_guard:  # noqa: F841 - keeps the context for the block
             context = rclpy.get_default_context()
-            player = LockStepPlayer(context, classifier=NODE_NAME, topic=CAMERA_TOPIC)
-            relay = LockStepPlayer(
-                context, classifier=RELAY_NAME, topic=RELAY_TOPIC, node_name="dofa_relay_player"
-            )
+            players = [LockStepPlayer(context, classifier=NODE_NAME, topic=CAMERA_TOPIC)]
+            players += [
+                LockStepPlayer(
+                    context, classifier=f"dofa_node_bench_{name}", topic=topic, node_name=f"{name}_player"
+                )
+                for name, _, topic in _RELAYS
+            ]
+            pids = [classifier.pid, *(relay.pid for relay in relays)]
             try:
                 for size, level in tqdm(cases, desc="node bench", unit="case", file=sys.stderr):
                     frames = [cv2.resize(p, size, interpolation=cv2.INTER_AREA) for p in pics]
                     baseline = _stats(_engine_baseline(engine, frames, level, args.frames, args.warmup))
-                    player.set_level(level)
-                    messages = [image_msg(f) for f in frames]
-                    case, cpu = _lockstep(
-                        (player, relay), messages, args, (classifier.pid, relay_process.pid)
-                    )
+                    players[0].set_level(level)
+                    case, cpu = _lockstep(players, [image_msg(f) for f in frames], args, pids)
                     sent.append(case)
                     row = {
                         "size": f"{size[0]}x{size[1]}",
@@ -404,22 +412,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         row["node_latency_ms"]["p50"] / baseline["p50"], 3
                     )
                     result["runs"].append(row)
-                    summary = ("size", "level", "added_over_relay_ms_p50", "node_latency_over_engine_p50")
+                    summary = ("size", "level", "added_over_relay_ms_p50", "added_over_relay_events_ms_p50")
                     print(json.dumps({k: row[k] for k in summary}), file=sys.stderr, flush=True)
             finally:
-                player.close()
-                relay.close()
-                relay_process.send_signal(signal.SIGINT)
-                relay_process.wait(timeout=15)
+                for player in players:
+                    player.close()
                 code = classifier.stop()
+                for relay in relays:
+                    relay.send_signal(signal.SIGINT)
+                for relay in relays:
+                    try:
+                        relay.wait(timeout=15)
+                    except subprocess.TimeoutExpired:
+                        relay.kill()
+                        relay.wait()
                 if code not in (0, None):
                     print(f"classifier_node exited with {code}", file=sys.stderr)
-        node_trace, relay_trace = _read_trace(traces[0]), _read_trace(traces[1])
+        traces = [
+            _read_trace(tmp / f"{name}-trace.json") for name in ("classifier", *(r[0] for r in _RELAYS))
+        ]
     for row, case in zip(result["runs"], sent, strict=True):
-        row["breakdown_ms"] = {
-            "node": _node_breakdown(case.node, *node_trace),
-            "relay": _relay_breakdown(case.relay, *relay_trace),
-        }
+        row["breakdown_ms"] = {"node": _node_breakdown(case.answers[0], *traces[0])}
+        for (name, _, _), answers, trace in zip(_RELAYS, case.answers[1:], traces[1:], strict=True):
+            row["breakdown_ms"][name] = _relay_breakdown(answers, *trace)
     result["load_average_end"] = _load_average()
     return result
 

@@ -1,10 +1,11 @@
 """The floor of any ROS classifier node: a plain rclpy relay that does no work.
 
 It subscribes to the camera ``Image`` with the classifier's QoS (sensor data: best effort,
-keep last 1) and publishes a ``Prediction`` carrying only the frame's header, from a
-``SingleThreadedExecutor`` like the classifier. ``node_bench`` sends the same frames through it
-in lock step, in the same run, so the classifier's added latency can be compared with what
-the transport and rclpy alone cost. Its frame buffers are kept in the heap as the classifier's are
+keep last 1) and publishes a ``Prediction`` carrying only the frame's header, from rclpy's
+``SingleThreadedExecutor`` (``--executor events``: the ``EventsExecutor`` that
+``classifier_node`` runs). ``node_bench`` sends the same frames through it in lock step, in the
+same run, so the classifier's added latency can be compared with what the transport and rclpy
+alone cost. Its frame buffers are kept in the heap as the classifier's are
 (:func:`~dynamic_ofa_ros.node_frames.keep_frame_buffers`): without that a fresh process
 page-faults every large frame in, which would make the floor a measure of glibc's thresholds::
 
@@ -33,12 +34,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--name", default="dofa_relay", help="node name; it publishes /<name>/prediction")
     parser.add_argument("--topic", default="/camera/image_raw", help="camera topic")
+    parser.add_argument(
+        "--executor",
+        choices=("single", "events"),
+        default="single",
+        help="rclpy's SingleThreadedExecutor (a plain node) or its EventsExecutor (as classifier_node)",
+    )
     args = parser.parse_args(argv)
 
     import rclpy
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
     from rclpy.node import Node
     from rclpy.qos import qos_profile_sensor_data
+    from rclpy.signals import SignalHandlerOptions
     from sensor_msgs.msg import Image
 
     from dynamic_ofa_ros.msg import Prediction
@@ -46,7 +54,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from dynamic_ofa_ros.timing import write_json
 
     keep_frame_buffers()  # as the classifier does: the floor is transport and rclpy, not page faults
-    with contextlib.suppress(KeyboardInterrupt, ExternalShutdownException), rclpy.init():
+    # the EventsExecutor handles SIGINT/SIGTERM itself (as in classifier_node: no rclpy handlers)
+    handlers = SignalHandlerOptions.NO if args.executor == "events" else SignalHandlerOptions.ALL
+    with (
+        contextlib.suppress(KeyboardInterrupt, ExternalShutdownException),
+        rclpy.init(signal_handler_options=handlers),
+    ):
         node = Node(args.name)
         publisher = node.create_publisher(Prediction, "~/prediction", 10)
         sensor = rclpy.qos.QoSProfile(
@@ -68,10 +81,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rows.append([stamp, 0.0, started, time.time_ns()])
 
         node.create_subscription(Image, args.topic, relay, sensor)
-        executor = SingleThreadedExecutor()
+        if args.executor == "events":
+            from rclpy.experimental import EventsExecutor
+
+            executor = EventsExecutor()
+        else:
+            executor = SingleThreadedExecutor()
         executor.add_node(node)
         try:
-            executor.spin()
+            # a 1 s timeout, as classifier_node: a signal's wake-up can come before the context is
+            # shut down, and the EventsExecutor's spin() then never returned
+            while node.context.ok():
+                executor.spin_once(timeout_sec=1.0)
         finally:
             if trace_path:
                 write_json(Path(trace_path), {"stages": ["callback", "published"], "frames": rows})

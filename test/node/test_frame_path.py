@@ -1,4 +1,4 @@
-"""The node's frame path without a node: the one-slot hand-over, the stage trace, signals, malloc."""
+"""The node's frame path without a node: the one-slot hand-over, stage trace, signals, executor, malloc."""
 
 from __future__ import annotations
 
@@ -18,45 +18,22 @@ from dynamic_ofa_ros.latest import LatestSlot
 pytestmark = [pytest.mark.ros]
 
 
-def _idle_taker(slot: LatestSlot[int], got: list[int]) -> threading.Thread:
-    """A thread taking one item from ``slot``; returned once it waits in ``take``."""
-    thread = threading.Thread(target=lambda: got.append(slot.take(timeout=30.0) or -1), daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30.0
-    while slot.waiting == 0:
-        assert time.monotonic() < deadline, "the taker never waited"
-        time.sleep(0.001)
-    return thread
-
-
-def test_put_hands_over_to_an_idle_taker_before_returning() -> None:
+def test_latest_slot_keeps_only_the_newest_item() -> None:
     slot: LatestSlot[int] = LatestSlot()
-    got: list[int] = []
-    for item in range(1, 6):
-        taker = _idle_taker(slot, got)
-        assert slot.put(item, handoff_s=30.0) is False
-        # put() returned only once the taker had the item: the slot is already empty
-        assert slot.take(timeout=0.0) is None
-        taker.join(timeout=30.0)
-    assert got == [1, 2, 3, 4, 5]
-    assert (slot.received, slot.dropped) == (5, 0)
-
-
-def test_put_never_waits_for_a_busy_taker() -> None:
-    slot: LatestSlot[int] = LatestSlot()
-    # nobody is in take(): a hand-over wait of an hour would hang the test if put() waited
-    assert slot.put(1, handoff_s=3600.0) is False
-    assert slot.put(2, handoff_s=3600.0) is True  # replaced the unprocessed 1: dropped
+    assert slot.put(1) is False
+    assert slot.put(2) is True  # replaced the unprocessed 1: dropped
     assert (slot.take(timeout=0.0), slot.dropped, slot.received) == (2, 1, 2)
+    assert slot.take(timeout=0.0) is None
 
 
 def test_close_wakes_takers() -> None:
     slot: LatestSlot[int] = LatestSlot()
-    got: list[int] = []
-    taker = _idle_taker(slot, got)
+    got: list[int | None] = []
+    taker = threading.Thread(target=lambda: got.append(slot.take(timeout=None)), daemon=True)
+    taker.start()
     slot.close()
     taker.join(timeout=30.0)
-    assert got == [-1] and slot.take(timeout=None) is None
+    assert got == [None] and slot.take(timeout=None) is None
 
 
 def _image(stamp_ns: int) -> Any:
@@ -126,3 +103,20 @@ def test_keep_frame_buffers_on_glibc() -> None:
     from dynamic_ofa_ros.node_frames import keep_frame_buffers
 
     assert keep_frame_buffers() is (platform.libc_ver()[0] == "glibc")
+
+
+def test_node_executor_is_the_events_executor_unless_turned_off(
+    rclpy_context: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dynamic_ofa_ros.node_main import EXECUTOR_ENV, events_executor
+
+    monkeypatch.delenv(EXECUTOR_ENV, raising=False)
+    factory = events_executor()
+    assert factory is not None  # Jazzy's and Kilted's rclpy have it
+    executor = factory(context=rclpy_context)
+    try:
+        assert type(executor).__name__ == "EventsExecutor"
+    finally:
+        executor.shutdown()
+    monkeypatch.setenv(EXECUTOR_ENV, "single")
+    assert events_executor() is None
