@@ -57,7 +57,8 @@ def keep_frame_buffers() -> bool:
     free has raised those thresholds, every frame's buffers -- DDS's copy, rclpy's message, the
     Python array -- are faulted in (zeroed pages) and returned again. A plain rclpy relay spent
     4.5 ms of CPU per 640x480 frame that way, 644 page faults per frame (perf: ``clear_page``
-    and ``exc_page_fault`` under ``memmove``); with these settings 1.2 ms. This fixes the mmap
+    and ``exc_page_fault`` under ``memmove``; a niced run on a loaded 2-core machine); with these
+    settings 1.2 ms. This fixes the mmap
     threshold at 32 MiB (glibc's maximum: frames up to 32 MiB stay in the heap) and the trim
     threshold at 64 MiB, the values glibc's own adjustment would reach; the node's cleanup still
     returns memory with ``malloc_trim``. Returns ``False`` where this is not glibc.
