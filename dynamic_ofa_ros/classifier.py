@@ -51,6 +51,9 @@ class ClassifierConfig:
         threads: CPU threads; ``None`` = as the table was profiled.
         backend: ``auto`` (the backend the table was profiled in), ``openvino``,
             ``onnxruntime`` or ``torch``; see :mod:`dynamic_ofa_ros.backends`.
+        preprocessing: how a compiled level's input is made on the CPU: ``auto`` (torch's
+            uint8 kernel when torch is already loaded, else NumPy), ``numpy`` or ``torch``
+            (byte-identical inputs; torch's kernel is faster on large frames but loads PyTorch).
         max_image_pixels: frames larger than this are refused before any work.
         check_table_device: refuse a table profiled on another device kind. When ``False``
             such a table runs, but only in ``reactive`` mode (its latencies do not apply).
@@ -65,6 +68,7 @@ class ClassifierConfig:
     device: str = "cpu"
     threads: int | None = None
     backend: str = "auto"
+    preprocessing: str = "auto"
     max_image_pixels: int = 40_000_000
     check_table_device: bool = True
     manager: ManagerConfig = field(default_factory=ManagerConfig)
@@ -203,6 +207,7 @@ class DynamicClassifier:
             check_device=cfg.check_table_device,
             initial_level=table.levels[-1].level,
             backend=cfg.backend,
+            preprocessing=cfg.preprocessing,
         )
         warnings.extend(engine.warnings)
         if not engine.meaningful_accuracy:

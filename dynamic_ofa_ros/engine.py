@@ -29,6 +29,7 @@ next ``infer`` call uses the new level.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import time
@@ -448,6 +449,11 @@ def _preprocessing(requested: str) -> str:
         raise ModelSourceError(f"preprocessing {requested!r} is not one of {', '.join(PREPROCESSING)}")
     if requested == "auto":
         return "torch" if "torch" in sys.modules else "numpy"
+    if requested == "torch" and importlib.util.find_spec("torch") is None:
+        raise ModelSourceError(
+            "preprocessing 'torch' needs PyTorch, which is not installed: install it "
+            "(requirements.txt) or use preprocessing 'numpy' (the same bytes, slower on large frames)"
+        )
     return requested
 
 

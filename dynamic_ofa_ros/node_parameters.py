@@ -23,6 +23,7 @@ from rclpy.qos_overriding_options import QoSOverridingOptions
 
 from dynamic_ofa_ros.backends import BACKENDS
 from dynamic_ofa_ros.classifier import ClassifierConfig
+from dynamic_ofa_ros.engine import PREPROCESSING
 from dynamic_ofa_ros.manager import LevelSpec, ManagerConfig, RuntimeManager
 from dynamic_ofa_ros.paths import resolve_device
 
@@ -111,6 +112,13 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         "execution backend on the CPU: auto (the one the level table was profiled in) | openvino | "
         "onnxruntime | torch; another backend than the table's is refused",
     ),
+    ParamSpec(
+        "preprocessing",
+        "auto",
+        "CPU frame -> model input for compiled levels: auto (torch's uint8 kernel when torch is "
+        "loaded, else NumPy) | numpy | torch; the same bytes: torch is faster on large frames but "
+        "loads PyTorch (more memory)",
+    ),
     ParamSpec("top_k", 5, "number of classes in top_ids/top_scores (>= 1)", read_only=False),
     ParamSpec("use_compressed", False, "also subscribe <image>/compressed (sensor_msgs/CompressedImage)"),
     ParamSpec("coordination_group", "", "nodes with the same non-empty group share a device and coordinate"),
@@ -187,6 +195,7 @@ class Settings:
     input_timeout_s: float
     manager: ManagerConfig
     backend: str = "auto"
+    preprocessing: str = "auto"
 
     def classifier_config(self) -> ClassifierConfig:
         """The core's configuration for these settings."""
@@ -194,6 +203,7 @@ class Settings:
             device=self.device,
             threads=self.threads or None,
             backend=self.backend,
+            preprocessing=self.preprocessing,
             max_image_pixels=self.max_image_pixels,
             check_table_device=self.check_table_device,
             manager=self.manager,
@@ -253,6 +263,7 @@ def settings_from(values: dict[str, Any]) -> Settings:
         input_timeout_s=_within("input_timeout_s", float(values["input_timeout_s"]), 0.0, 86_400.0),
         manager=manager,
         backend=_choice("backend", values["backend"], ("auto", *BACKENDS)),
+        preprocessing=_choice("preprocessing", values["preprocessing"], PREPROCESSING),
     )
 
 

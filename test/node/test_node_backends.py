@@ -2,7 +2,7 @@
 
 The session's random-weight table says torch; relabelled as profiled in OpenVINO or ONNX
 Runtime on this CPU (all the node checks), the same three levels run eagerly in torch and
-compiled by each runtime. For every level the node's prediction over
+compiled by each runtime (the node preprocessing in NumPy). For every level the node's prediction over
 Fast DDS must be what the same backend's engine computes in this process, and the node's engine
 must report that backend for every level.
 """
@@ -46,7 +46,9 @@ def test_round_trip_per_backend(
         table = dataclasses.replace(table, profiling={**table.profiling, **profiling_header(backend)})
     table_path = tmp_path / f"cpu-{backend}.json"
     save_level_table(table, table_path, supernet=core.supernet)
-    node = harness.start_node(backend=backend, level_table=str(table_path))
+    # compiled levels: the node makes its inputs in NumPy, this process's engine with torch's kernel
+    preprocessing = "auto" if backend == "torch" else "numpy"
+    node = harness.start_node(backend=backend, level_table=str(table_path), preprocessing=preprocessing)
     ns = node.get_fully_qualified_name()
     predictions = harness.collect(Prediction, f"{ns}/prediction")
     pub = harness.publisher(Image, f"{harness.namespace}/image")
@@ -54,6 +56,8 @@ def test_round_trip_per_backend(
     engine = LevelEngine(core.supernet, table, device="cpu", threads=1, backend=backend)
     execution = node.classifier.engine.execution
     assert node.classifier.engine.backend == backend
+    if backend != "torch":
+        assert node.classifier.engine.preprocessing == "numpy"
     mode = "eager" if backend == "torch" else "compiled"
     assert {info["mode"] for info in execution.values()} == {mode}, execution
 

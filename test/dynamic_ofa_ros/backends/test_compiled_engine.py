@@ -103,6 +103,25 @@ def test_numpy_preprocessing_gives_the_same_probabilities(
         LevelEngine(rand, relabelled, threads=1, preprocessing="opencv")
 
 
+def test_torch_preprocessing_without_torch_is_refused_naming_the_fix(
+    rand: Supernet,
+    table: LevelTable,
+    compiled_backend: str,
+    for_backend: Relabel,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+
+    def no_torch(name: str, *args: object, **kwargs: object) -> object:
+        return None if name == "torch" else real_find_spec(name, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(importlib.util, "find_spec", no_torch)
+    with pytest.raises(ModelSourceError, match="needs PyTorch, which is not installed.*'numpy'"):
+        LevelEngine(rand, for_backend(table, compiled_backend), threads=1, warmup=0, preprocessing="torch")
+
+
 def test_a_table_for_another_backend_is_refused(
     rand: Supernet, table: LevelTable, compiled_backend: str, for_backend: Relabel
 ) -> None:
