@@ -22,7 +22,7 @@ from dynamic_ofa_ros.supernet import Supernet
 from offline_tools.cli.common import UsageError, add_progress_flag, check_out, progress_of, say, write_json
 from offline_tools.cli.executor import add_executor_args, executor_spec
 from offline_tools.cli.latency import ProfileRequest, TimingOptions, run_profile
-from offline_tools.cli.levels import calibrate_family, closing_accuracy, search
+from offline_tools.cli.levels import add_calibration_args, calibrate_family, opened_accuracy, search
 from offline_tools.cli.options import (
     AccuracyOptions,
     CalibrationOptions,
@@ -30,15 +30,12 @@ from offline_tools.cli.options import (
     ModelOptions,
     SearchOptions,
     SpaceOptions,
-    add_backend_args,
-    add_images_args,
     add_latency_args,
-    add_model_args,
     add_search_args,
     add_space_args,
 )
 from offline_tools.cli.reports import family_table, print_levels, search_report
-from offline_tools.cli.sources import accuracy_source, load_latency_table, load_model
+from offline_tools.cli.sources import load_latency_table, load_model
 from offline_tools.executors import ExecutorSpec
 from offline_tools.latency.table import LatencyTable
 from offline_tools.plot import plot_search
@@ -176,23 +173,8 @@ def run_build(request: BuildRequest) -> dict[str, Any]:
     device = request.device_label or ("cuda" if request.model.torch_device.startswith("cuda") else "cpu")
     out = request.out or str(Path("config") / "levels" / f"{device}.json")
     t0 = time.perf_counter()
-    accuracy = accuracy_source(
-        request.accuracy,
-        model,
-        model_options=request.model,
-        progress=request.progress,
-        executor=request.executor,
-    )
-    with closing_accuracy(accuracy):
-        result = search(
-            space=request.space,
-            options=request.search,
-            table=table,
-            accuracy=accuracy,
-            model=model,
-            device=device,
-            progress=request.progress,
-        )
+    with opened_accuracy(request, model) as accuracy:
+        result = search(request, table=table, accuracy=accuracy, model=model, device=device)
     stages["search"] = time.perf_counter() - t0
     family = family_table(result, table=table, accuracy=accuracy, model=model, device=device)
     report = search_report(result, device=device, accuracy=accuracy)
@@ -274,14 +256,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=0.0,
         help="after calibration drop levels less than this many measured points above the previous",
     )
-    b.add_argument("--warmup", type=int, default=10)
-    b.add_argument("--iterations", type=int, default=50, help="timed frames per level")
-    b.add_argument("--no-cuda-graphs", action="store_true", help="CUDA: run eagerly")
     add_space_args(b)
     add_search_args(b)
-    add_model_args(b, required=True)
-    add_backend_args(b)
-    add_images_args(b, calib_default=2000)
+    add_calibration_args(b)
     add_executor_args(b)
     add_progress_flag(b)
     b.set_defaults(handler=_build_handler)

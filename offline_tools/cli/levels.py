@@ -16,6 +16,7 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from dynamic_ofa_ros.arch import SubnetConfig
 from dynamic_ofa_ros.errors import ArchitectureError
@@ -66,7 +67,10 @@ __all__ = [
     "CalibrateRequest",
     "FitPredictorRequest",
     "SearchRequest",
+    "SearchInputs",
+    "add_calibration_args",
     "calibrate_family",
+    "opened_accuracy",
     "register",
     "run_calibrate",
     "run_fit_predictor",
@@ -122,11 +126,46 @@ class SearchRequest:
         )
 
 
+class SearchInputs(Protocol):
+    """What a search takes from its request (:class:`SearchRequest`, ``build``'s ``BuildRequest``)."""
+
+    @property
+    def accuracy(self) -> AccuracyOptions:
+        """Where the search's accuracy comes from."""
+
+    @property
+    def model(self) -> ModelOptions:
+        """The super-network (a measured accuracy runs it)."""
+
+    @property
+    def space(self) -> SpaceOptions:
+        """The search space's choices."""
+
+    @property
+    def search(self) -> SearchOptions:
+        """Algorithm 1 + evolution settings and the number of levels."""
+
+    @property
+    def progress(self) -> bool:
+        """Whether progress bars are shown."""
+
+    @property
+    def executor(self) -> ExecutorSpec:
+        """Where measured candidates run."""
+
+
 @contextlib.contextmanager
-def closing_accuracy(accuracy: object) -> Iterator[None]:
-    """Close ``accuracy`` afterwards when it has workers to stop (a measured accuracy's executor)."""
+def opened_accuracy(request: SearchInputs, model: Supernet | None) -> Iterator[AccuracySource]:
+    """The request's accuracy source, closed afterwards when it has workers to stop (an executor)."""
+    accuracy = accuracy_source(
+        request.accuracy,
+        model,
+        model_options=request.model,
+        progress=request.progress,
+        executor=request.executor,
+    )
     try:
-        yield
+        yield accuracy
     finally:
         close = getattr(accuracy, "close", None)
         if callable(close):
@@ -134,16 +173,15 @@ def closing_accuracy(accuracy: object) -> Iterator[None]:
 
 
 def search(
+    request: SearchInputs,
     *,
-    space: SpaceOptions,
-    options: SearchOptions,
     table: LatencyTable,
     accuracy: AccuracySource,
     model: Supernet | None,
     device: str,
-    progress: bool,
 ) -> SearchResult:
     """Algorithm 1 + evolution over the space the table, the accuracy source and the model all cover."""
+    space, options = request.space, request.search
     searched = space.space(search_resolutions(space, table, accuracy, model))
     table.check_space(searched)
     return search_family(
@@ -154,7 +192,7 @@ def search(
         n_levels=options.n_levels(device),
         min_step=options.min_step,
         min_accuracy=options.min_accuracy,
-        progress=progress,
+        progress=request.progress,
     )
 
 
@@ -198,27 +236,12 @@ def run_search(request: SearchRequest) -> LevelTable | None:
     table = load_latency_table(request.latency_table)
     on_driver = "cpu" if request.executor.parallel else None
     model = load_model(request.model, device=on_driver) if request.model.model else None
-    accuracy = accuracy_source(
-        request.accuracy,
-        model,
-        model_options=request.model,
-        progress=request.progress,
-        executor=request.executor,
-    )
     device = device_label(request.device_label, table)
-    with closing_accuracy(accuracy):
+    with opened_accuracy(request, model) as accuracy:
         if request.score:
             _score(request.score, table=table, accuracy=accuracy, model=model)
             return None
-        result = search(
-            space=request.space,
-            options=request.search,
-            table=table,
-            accuracy=accuracy,
-            model=model,
-            device=device,
-            progress=request.progress,
-        )
+        result = search(request, table=table, accuracy=accuracy, model=model, device=device)
     family = family_table(result, table=table, accuracy=accuracy, model=model, device=device)
     report = search_report(result, device=device, accuracy=accuracy)
     if request.plot:
@@ -533,6 +556,20 @@ def _add_fit_predictor_parser(sub: argparse._SubParsersAction[argparse.ArgumentP
     f.set_defaults(handler=_fit_predictor_handler)
 
 
+def add_calibration_args(p: argparse.ArgumentParser) -> None:
+    """The flags of :class:`CalibrationOptions` (``calibrate``, ``build``) and of the model it runs.
+
+    ``--warmup --iterations --no-cuda-graphs``, the model (required), backend and image groups;
+    the minimum step has a name of its own in each command.
+    """
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--iterations", type=int, default=50, help="timed frames per level")
+    p.add_argument("--no-cuda-graphs", action="store_true", help="CUDA: run eagerly")
+    add_model_args(p, required=True)
+    add_backend_args(p)
+    add_images_args(p, calib_default=2000)
+
+
 def _add_calibrate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     c = sub.add_parser("calibrate", help="BN calibration + top-1 + latency per level → level table")
     c.add_argument(
@@ -545,9 +582,6 @@ def _add_calibrate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParse
     c.add_argument("--out", required=True, help="output level table .json (+ .bn.safetensors beside)")
     c.add_argument("--latency-from", help="copy latencies of the same architectures from this level table")
     c.add_argument("--device-label", help="device name in the table (default: cpu or cuda)")
-    c.add_argument("--warmup", type=int, default=10)
-    c.add_argument("--iterations", type=int, default=50, help="timed frames per level")
-    c.add_argument("--no-cuda-graphs", action="store_true", help="CUDA: run eagerly")
     c.add_argument("--summary", help="write the run summary JSON here")
     c.add_argument(
         "--min-step",
@@ -555,9 +589,7 @@ def _add_calibrate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParse
         default=0.0,
         help="drop levels less than this many measured points above the previous (default 0)",
     )
-    add_model_args(c, required=True)
-    add_backend_args(c)
-    add_images_args(c, calib_default=2000)
+    add_calibration_args(c)
     add_executor_args(c)
     add_progress_flag(c)
     c.set_defaults(handler=_calibrate_handler)
