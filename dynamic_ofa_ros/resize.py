@@ -37,8 +37,10 @@ from dynamic_ofa_ros.model_input import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["axis_weights", "resize_u8", "to_input_array"]
 
-#: Output samples per block of a pass (measured fastest on a 2-core EPYC for 640x480 -> 96..224).
-_BLOCK = 8
+#: Output samples per block of a pass. A block's window grows with it (wasted multiply-adds) and
+#: fewer blocks mean fewer, larger products; on a 2-core EPYC (Zen 3) 4 was fastest or within
+#: noise of it for 224x224, 640x480 and 1280x720 -> 96..160 (8: 10-40 % slower on the width pass).
+_BLOCK = 4
 #: float32 represents every integer below this exactly.
 _EXACT_F32 = float(2**24)
 #: OpenBLAS runs a gemm of fewer multiply-adds than this on the calling thread; larger ones wake
