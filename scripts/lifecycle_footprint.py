@@ -21,10 +21,11 @@ import argparse
 import os
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from dynamic_ofa_ros.ros_tools.startup_footprint import Camera, proc_status
 
 NODE = "footprint_classifier"
 TOPIC = "/footprint/camera"
@@ -36,57 +37,12 @@ def _proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _proc_status(pid: int) -> dict[str, int]:
-    """VmRSS (kB) and Threads of ``pid``."""
-    values: dict[str, int] = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("VmRSS", "Threads"):
-            values[key] = int(rest.split()[0])
-    return values
-
-
-class Camera:
-    """Publishes the photos at ``fps`` (stamped now) from its own thread."""
-
-    def __init__(self, tool: Any, fps: float) -> None:  # noqa: ANN401 - a ToolNode
-        from rclpy.qos import qos_profile_sensor_data
-        from sensor_msgs.msg import Image
-
-        from dynamic_ofa_ros.ros_tools.common import image_msg
-        from dynamic_ofa_ros.ros_tools.photos import load_photos
-
-        frames, self.source = load_photos(None, size=(320, 240))
-        self.msgs = [image_msg(rgb) for rgb in frames]
-        self.pub = tool.node.create_publisher(Image, TOPIC, qos_profile_sensor_data)
-        self.clock = tool.node.get_clock()
-        self.period = 1.0 / fps
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        i, next_t = 0, time.perf_counter()
-        while not self._stop.is_set():
-            msg = self.msgs[i % len(self.msgs)]
-            msg.header.stamp = self.clock.now().to_msg()
-            self.pub.publish(msg)
-            i += 1
-            next_t += self.period
-            self._stop.wait(max(0.0, next_t - time.perf_counter()))
-
-    def stop(self) -> None:
-        """Stop publishing."""
-        self._stop.set()
-        self._thread.join(timeout=5.0)
-
-
-def _measure(pid: int, seconds: float, predictions: list[Any]) -> dict[str, Any]:
+def _measure(pid: int, seconds: float, predictions: list[float]) -> dict[str, Any]:
     """CPU share, RSS and threads of ``pid`` over ``seconds``; predictions received meanwhile."""
     rss, threads = [], []
     count0, cpu0, t0 = len(predictions), _proc_cpu_s(pid), time.perf_counter()
     while time.perf_counter() - t0 < seconds:
-        status = _proc_status(pid)
+        status = proc_status(pid, "VmRSS", "Threads")
         rss.append(status["VmRSS"] / 1024.0)
         threads.append(status["Threads"])
         time.sleep(0.5)
@@ -124,7 +80,7 @@ def _wait_for(node: Any, text: str, timeout: float = 300.0) -> None:  # noqa: AN
         time.sleep(0.5)
 
 
-def _never_configured(params: dict[str, Any], seconds: float, log: Path, predictions: list[Any]) -> Any:  # noqa: ANN401
+def _never_configured(params: dict[str, Any], seconds: float, log: Path, predictions: list[float]) -> Any:  # noqa: ANN401
     """The process with ``autostart:=false``: its imports, no model."""
     from dynamic_ofa_ros.ros_tools.common import ClassifierProcess
 
@@ -142,7 +98,7 @@ def _cycle(
     params: dict[str, Any],
     seconds: float,
     log: Path,
-    predictions: list[Any],
+    predictions: list[float],
 ) -> dict[str, Any]:
     """Start with autostart, measure active, inactive, unconfigured, active again; shut down."""
     from dynamic_ofa_ros.ros_tools.common import ClassifierProcess
@@ -176,7 +132,6 @@ def run(seconds: float, fps: float, log: Path) -> dict[str, Any]:
     import rclpy
     from rclpy.context import Context
 
-    from dynamic_ofa_ros.msg import Prediction
     from dynamic_ofa_ros.paths import default_level_table
     from dynamic_ofa_ros.ros_tools.common import ToolNode
     from dynamic_ofa_ros.timing import cpu_name
@@ -186,10 +141,9 @@ def run(seconds: float, fps: float, log: Path) -> dict[str, Any]:
     tool = ToolNode("footprint_tool", context)
     camera = None
     try:
-        predictions: list[Any] = []
-        tool.node.create_subscription(Prediction, f"/{NODE}/prediction", predictions.append, 100)
         params = {"device": "cpu", "model": "embedded", "status_rate": 2.0}
-        camera = Camera(tool, fps)
+        camera = Camera(tool, fps, topic=TOPIC, prediction_topic=f"/{NODE}/prediction")
+        predictions = camera.arrivals  # arrival times: only their count is used
         load_before = os.getloadavg()[0]
         idle = _never_configured(params, seconds, log, predictions)
         cycle = _cycle(tool, params, seconds, log, predictions)

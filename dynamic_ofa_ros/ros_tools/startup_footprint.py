@@ -38,14 +38,19 @@ NODE = "startup_classifier"
 TOPIC = "/startup/camera"
 
 
-def _status(pid: int) -> dict[str, float]:
-    """VmRSS and VmHWM of ``pid`` in MiB."""
-    values: dict[str, float] = {}
+def proc_status(pid: int, *keys: str) -> dict[str, int]:
+    """The fields ``keys`` of ``/proc/<pid>/status`` as integers (memory in kB, e.g. VmRSS; Threads)."""
+    values: dict[str, int] = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            values[key] = int(rest.split()[0]) / 1024.0
+        if key in keys:
+            values[key] = int(rest.split()[0])
     return values
+
+
+def _status(pid: int) -> dict[str, float]:
+    """VmRSS and VmHWM of ``pid`` in MiB."""
+    return {key: kb / 1024.0 for key, kb in proc_status(pid, "VmRSS", "VmHWM").items()}
 
 
 def torch_mapped(pid: int) -> bool:
@@ -76,9 +81,12 @@ def cpu_model() -> str:
 
 
 class Camera:
-    """Publishes photos at ``fps`` from its own thread; collects the node's predictions with arrival times."""
+    """Publishes photos at ``fps`` (stamped now) from its own thread on ``topic``.
 
-    def __init__(self, tool: Any, fps: float) -> None:  # noqa: ANN401 - a ToolNode
+    It collects the arrival times of the predictions on ``prediction_topic`` in :attr:`arrivals`.
+    """
+
+    def __init__(self, tool: Any, fps: float, *, topic: str, prediction_topic: str) -> None:  # noqa: ANN401 - a ToolNode
         from rclpy.qos import qos_profile_sensor_data
         from sensor_msgs.msg import Image
 
@@ -88,12 +96,12 @@ class Camera:
 
         frames, self.source = load_photos(None, size=(320, 240))
         self.msgs = [image_msg(rgb) for rgb in frames]
-        self.pub = tool.node.create_publisher(Image, TOPIC, qos_profile_sensor_data)
+        self.pub = tool.node.create_publisher(Image, topic, qos_profile_sensor_data)
         self.clock = tool.node.get_clock()
         self.period = 1.0 / fps
         self.arrivals: list[float] = []
         tool.node.create_subscription(
-            Prediction, f"/{NODE}/prediction", lambda _msg: self.arrivals.append(time.perf_counter()), 100
+            Prediction, prediction_topic, lambda _msg: self.arrivals.append(time.perf_counter()), 100
         )
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -174,7 +182,7 @@ def run(seconds: float, fps: float, repeats: int, log: Path) -> dict[str, Any]:
     camera = None
     runs: dict[str, list[dict[str, Any]]] = {"openvino_cold": [], "openvino_warm": [], "torch": []}
     try:
-        camera = Camera(tool, fps)
+        camera = Camera(tool, fps, topic=TOPIC, prediction_topic=f"/{NODE}/prediction")
         load_before, uptime_before = os.getloadavg(), uptime()
         warm = workdir / "warm"
         for i in range(repeats):
