@@ -423,6 +423,6 @@ def export_embedded(
     what :func:`load_supernet` will load) are filled in. Raises :class:`ModelSourceError`
     when a weight does not fit in float16. Returns the manifest written.
     """
-    from dynamic_ofa_ros import supernet_loaders
+    from dynamic_ofa_ros import supernet_loaders  # the implementation; imported here: it needs torch
 
     return supernet_loaders.export_embedded(net, out_dir, metadata=metadata, shard_mb=shard_mb)

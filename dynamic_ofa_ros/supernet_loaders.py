@@ -310,14 +310,7 @@ def export_embedded(
     metadata: Mapping[str, Any],
     shard_mb: float = 15.0,
 ) -> dict[str, Any]:
-    """Write ``net`` in the embedded layout (fp16 shards of ≤ ``shard_mb`` MiB + manifest) to ``out_dir``.
-
-    ``metadata`` must hold ``resolutions`` (trained input sizes), ``dataset`` (str) and
-    ``training`` (dict: recipe, seed, time, accuracy ...); optional ``name``. The
-    architecture fields and ``state_dict_sha256`` (of the fp16-rounded weights, i.e. of
-    what :func:`load_supernet` will load) are filled in. Raises :class:`ModelSourceError`
-    when a weight does not fit in float16. Returns the manifest written.
-    """
+    """:func:`dynamic_ofa_ros.supernet.export_embedded` (the public entry point, documented there)."""
     if not is_ofa_mbv3(net):
         raise ModelSourceError(
             f"export_embedded needs an OFAMobileNetV3 super-network, got {type(net).__name__}"
