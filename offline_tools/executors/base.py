@@ -5,6 +5,8 @@ batch-norm statistics on the calibration images at its resolution, then (optiona
 on the validation images, its BN statistics and its MACs. Candidates are independent, so an
 executor may run them anywhere and in any order; :meth:`CandidateExecutor.run` returns them in
 the order asked, whatever order they finished in.
+
+The package (:mod:`offline_tools.executors`) re-exports the names its users need and lists them.
 """
 
 from __future__ import annotations
@@ -23,20 +25,6 @@ from dynamic_ofa_ros.errors import DofaError
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from dynamic_ofa_ros.supernet import Supernet
     from offline_tools.datasets import ImageSet
-
-__all__ = [
-    "EXECUTOR_KINDS",
-    "CandidateExecutor",
-    "CandidateResult",
-    "EvaluationSetup",
-    "ExecutorError",
-    "ExecutorKind",
-    "ExecutorSpec",
-    "ExecutorStats",
-    "ImageData",
-    "ParallelExecutorRefusedError",
-    "refuse_parallel",
-]
 
 ExecutorKind = Literal["local", "ray"]
 #: The executors ``--executor`` accepts.
