@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import io
 import itertools
-import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -58,7 +57,7 @@ from dynamic_ofa_ros.backends.export import INPUT_NAME, OPSET, export_onnx
 from dynamic_ofa_ros.errors import ModelSourceError
 from offline_tools.errors import LatencyTableError
 from offline_tools.latency.geometry import MobileNetV3Geometry, OperatorSpec
-from offline_tools.latency.runners import Timed, build_operator, cpu_clock_ns, involuntary_switches
+from offline_tools.latency.runners import Timed, build_operator, timed_calls
 
 __all__ = [
     "OPERATOR_LAYOUTS",
@@ -184,21 +183,10 @@ class CompiledRunner:
 
     def sample(self, n: int) -> Timed:
         """``n`` timed calls in ms: ``(wall, cpu)``."""
-        model, x = self._model(), self.x
-        wall_clock, cpu_clock = time.perf_counter_ns, cpu_clock_ns(self.clock)
-        wall: list[float] = []
-        cpu: list[float] = []
-        for _ in range(n):
-            s0 = involuntary_switches()
-            w0, c0 = wall_clock(), cpu_clock()
-            model(x)
-            c1, w1 = cpu_clock(), wall_clock()
-            if involuntary_switches() != s0:
-                self.n_preempted += 1
-            wall.append((w1 - w0) / 1e6)
-            cpu.append((c1 - c0) / 1e6)
+        timed, preempted = timed_calls(self._model(), self.x, n, clock=self.clock)
+        self.n_preempted += preempted
         self.n_samples += n
-        return wall, cpu
+        return timed
 
     def close(self) -> None:
         """Drop the compiled model."""

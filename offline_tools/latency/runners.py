@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 import torch
 from torch import nn
@@ -267,6 +267,33 @@ def tracks_preemption() -> bool:
     return _RUSAGE_THREAD is not None
 
 
+_Arg = TypeVar("_Arg")
+
+
+def timed_calls(call: Callable[[_Arg], object], arg: _Arg, n: int, *, clock: str) -> tuple[Timed, int]:
+    """``n`` calls ``call(arg)``, each timed: ``((wall, cpu), preempted)``, times in ms.
+
+    Wall time from ``perf_counter_ns``, CPU time from ``clock``'s clock (:func:`cpu_clock_ns`);
+    ``preempted`` counts the calls during which the calling thread was descheduled (0 where
+    that is not tracked, :func:`tracks_preemption`).
+    """
+    wall_clock, cpu_clock = time.perf_counter_ns, cpu_clock_ns(clock)
+    switches = involuntary_switches
+    wall: list[float] = []
+    cpu: list[float] = []
+    preempted = 0
+    for _ in range(n):
+        s0 = switches()
+        w0, c0 = wall_clock(), cpu_clock()
+        call(arg)
+        c1, w1 = cpu_clock(), wall_clock()
+        if switches() != s0:
+            preempted += 1
+        wall.append((w1 - w0) / 1e6)
+        cpu.append((c1 - c0) / 1e6)
+    return (wall, cpu), preempted
+
+
 class Runner:
     """A module with a static input, prepared for timing in one execution mode.
 
@@ -361,22 +388,11 @@ class Runner:
         return times, times
 
     def _sample_cpu(self, n: int) -> Timed:
-        wall_clock, cpu_clock = time.perf_counter_ns, cpu_clock_ns(self.cpu_clock)
-        switches = involuntary_switches
-        wall: list[float] = []
-        cpu: list[float] = []
         with torch.inference_mode():
-            for _ in range(n):
-                s0 = switches()
-                w0, c0 = wall_clock(), cpu_clock()
-                self.module(self.x)
-                c1, w1 = cpu_clock(), wall_clock()
-                if switches() != s0:
-                    self.n_preempted += 1
-                wall.append((w1 - w0) / 1e6)
-                cpu.append((c1 - c0) / 1e6)
+            timed, preempted = timed_calls(self.module, self.x, n, clock=self.cpu_clock)
+        self.n_preempted += preempted
         self.n_samples += n
-        return wall, cpu
+        return timed
 
     def close(self) -> None:
         """Release the captured graph."""
