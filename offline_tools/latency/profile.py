@@ -177,6 +177,7 @@ def execution_setup(
     """Check and complete the execution options (``mode`` ``None``: the backend's on ``device``)."""
     device = str(device)
     backend = str(backend)
+    mode = None if mode is None else str(mode)
     if mode is None:
         mode = "compiled" if backend != "torch" else ("cuda_graph" if device.startswith("cuda") else "eager")
     check_device_mode(device, mode)
@@ -285,7 +286,7 @@ def profile_latency_table(  # noqa: PLR0913 - every knob of a profiling run, all
     setup = execution_setup(
         device=device,
         backend=backend,
-        mode=None if mode is None else str(mode),
+        mode=mode,
         precision=precision,
         threads=threads,
         clock=clock,

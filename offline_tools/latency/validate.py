@@ -243,7 +243,7 @@ def measure_subnets(  # noqa: PLR0913 - every knob of a measuring run, all keywo
     setup = execution_setup(
         device=device,
         backend=backend,
-        mode=None if mode is None else str(mode),
+        mode=mode,
         precision=precision,
         threads=threads,
         clock=clock,
@@ -488,7 +488,7 @@ def validate_latency_table(  # noqa: PLR0913 - every knob of a validation run, a
     setup = execution_setup(
         device=device,
         backend=backend,
-        mode=None if mode is None else str(mode),
+        mode=mode,
         precision=str(table.metadata.get("precision", "f32")),
         threads=threads,
         clock=clock or str(table.metadata.get("clock", "auto")),
