@@ -1,35 +1,28 @@
 """DynamicClassifier: the one frame loop (infer -> observe -> next level), constraints, locking,
 device fallback and coordination input, driven with an injected clock and latencies.
 
-A real 3-level table is built from a random super-network (accuracies meaningless); the
-latencies the manager sees are injected through ``captured_at`` on a fake frame clock, so
-nothing depends on this machine's speed.
+A real 3-level table is built from a random super-network (``conftest.py``; accuracies
+meaningless); the latencies the manager sees are injected through ``captured_at`` on a fake
+frame clock, so nothing depends on this machine's speed.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
 import torch
 
-from dynamic_ofa_ros.arch import SubnetConfig
 from dynamic_ofa_ros.classifier import ClassifierConfig, DynamicClassifier
 from dynamic_ofa_ros.engine import LevelEngine
 from dynamic_ofa_ros.errors import ConstraintError, ImageError, UnknownLevelError
-from dynamic_ofa_ros.levels import LevelTable, load_level_table, save_level_table
+from dynamic_ofa_ros.levels import LevelTable
 from dynamic_ofa_ros.manager import LevelSpec, ManagerConfig
-from dynamic_ofa_ros.supernet import Supernet, load_supernet
-from dynamic_ofa_ros.table_builder import build_level_table
+from dynamic_ofa_ros.supernet import Supernet
 
 torch.set_num_threads(1)
 
-CONFIGS = [
-    SubnetConfig(resolution=r, ks=(k,) * 20, e=(e,) * 20, d=(d,) * 5)
-    for r, k, e, d in ((128, 3, 3, 2), (144, 5, 4, 3), (160, 7, 6, 4))
-]
 #: What the manager is told each level costs alone (ms) and how accurate it is (%).
 SPECS = (
     LevelSpec(level=1, latency_ms=10.0, accuracy=70.0),
@@ -44,23 +37,6 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.t
-
-
-@pytest.fixture(scope="module")
-def rand() -> Supernet:
-    return load_supernet("random", allow_random=True)
-
-
-@pytest.fixture(scope="module")
-def table(rand: Supernet, tmp_path_factory: pytest.TempPathFactory) -> LevelTable:
-    built = build_level_table(rand, CONFIGS, warmup=1, iterations=3, threads=1)
-    path = save_level_table(built, tmp_path_factory.mktemp("levels") / "cpu.json", supernet=rand)
-    return load_level_table(path, supernet=rand, expected_device="cpu")
-
-
-@pytest.fixture(scope="module")
-def engine(rand: Supernet, table: LevelTable) -> Iterator[LevelEngine]:
-    yield LevelEngine(rand, table, threads=1, warmup=1)
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """LevelEngine: outputs equal the extracted sub-networks', switch semantics, validation.
 
-A real 3-level table is built from a random supernet (accuracy meaningless). Nothing is timed:
-thread tests use events, and join timeouts only detect deadlocks.
+A real 3-level table is built from a random supernet (``conftest.py``; accuracy meaningless).
+Nothing is timed: thread tests use events, and join timeouts only detect deadlocks.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import random
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from dynamic_ofa_ros.arch import SubnetConfig
 from dynamic_ofa_ros.bn import extract_subnet, load_bn_state
 from dynamic_ofa_ros.engine import InferenceResult, LevelEngine, topk
 from dynamic_ofa_ros.errors import ImageError, LevelTableError, ModelSourceError, UnknownLevelError
-from dynamic_ofa_ros.levels import LevelTable, load_level_table, save_level_table
+from dynamic_ofa_ros.levels import LevelTable
 from dynamic_ofa_ros.preprocess import to_input_tensor
 from dynamic_ofa_ros.supernet import Supernet, load_supernet
 from dynamic_ofa_ros.table_builder import build_level_table
@@ -32,28 +31,6 @@ DEADLOCK_S = 120.0  # only to fail instead of hanging; never a performance asser
 
 def uniform(r: int, k: int, e: int, d: int) -> SubnetConfig:
     return SubnetConfig(resolution=r, ks=(k,) * 20, e=(e,) * 20, d=(d,) * 5)
-
-
-CONFIGS = [uniform(128, 3, 3, 2), uniform(144, 5, 4, 3), uniform(160, 7, 6, 4)]
-
-
-@pytest.fixture(scope="module")
-def rand() -> Supernet:
-    return load_supernet("random", allow_random=True)
-
-
-@pytest.fixture(scope="module")
-def table(rand: Supernet, tmp_path_factory: pytest.TempPathFactory) -> LevelTable:
-    built = build_level_table(rand, CONFIGS, warmup=1, iterations=3, threads=1)
-    path = save_level_table(built, tmp_path_factory.mktemp("levels") / "cpu.json", supernet=rand)
-    return load_level_table(path, supernet=rand, expected_device="cpu")
-
-
-@pytest.fixture(scope="module")
-def engine(rand: Supernet, table: LevelTable) -> Iterator[LevelEngine]:
-    threads = torch.get_num_threads()
-    yield LevelEngine(rand, table, threads=1, warmup=1)
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture
