@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 
 import pytest
@@ -158,7 +159,8 @@ def test_calibrate_measures_in_the_familys_compiled_backend(
     assert default_backend(family, "cpu") == backend and default_backend(family, "cuda") == "torch"
     assert default_backend(CONFIGS, "cpu") == "torch"
     cache = tmp_path / "cache"
-    result = calibrate_levels(
+    calibrate = functools.partial(
+        calibrate_levels,
         supernet,
         family,
         calibration=images,
@@ -166,9 +168,9 @@ def test_calibrate_measures_in_the_familys_compiled_backend(
         batch_size=4,
         warmup=1,
         iterations=2,
-        cache_dir=cache,
         progress=False,
     )
+    result = calibrate(cache_dir=cache)
     profiling = result.table.profiling
     assert profiling["backend"] == backend and profiling["mode"] == "compiled" and profiling["threads"] == 1
     assert (
@@ -185,15 +187,5 @@ def test_calibrate_measures_in_the_familys_compiled_backend(
     engine = LevelEngine(supernet, loaded, threads=1, warmup=0, cache_dir=cache)  # backend auto: the table's
     assert engine.backend == backend
 
-    in_torch = calibrate_levels(
-        supernet,
-        family,
-        calibration=images,
-        threads=1,
-        batch_size=4,
-        warmup=1,
-        iterations=2,
-        backend="torch",
-        progress=False,
-    )
+    in_torch = calibrate(backend="torch")
     assert in_torch.table.profiling["backend"] == "torch" and in_torch.table.profiling["mode"] == "eager"
