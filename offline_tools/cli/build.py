@@ -250,15 +250,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     b.add_argument("--report", help="write the search report here")
     b.add_argument("--plot", help="write Fig. 3 here")
     b.add_argument("--summary", help="write the run summary JSON here")
-    b.add_argument(
-        "--calib-min-step",
-        type=float,
-        default=0.0,
-        help="after calibration drop levels less than this many measured points above the previous",
-    )
     add_space_args(b)
     add_search_args(b)
-    add_calibration_args(b)
+    add_calibration_args(b, min_step_flag="--calib-min-step")
     add_executor_args(b)
     add_progress_flag(b)
     b.set_defaults(handler=_build_handler)

@@ -556,12 +556,20 @@ def _add_fit_predictor_parser(sub: argparse._SubParsersAction[argparse.ArgumentP
     f.set_defaults(handler=_fit_predictor_handler)
 
 
-def add_calibration_args(p: argparse.ArgumentParser) -> None:
+def add_calibration_args(p: argparse.ArgumentParser, *, min_step_flag: str = "--min-step") -> None:
     """The flags of :class:`CalibrationOptions` (``calibrate``, ``build``) and of the model it runs.
 
-    ``--warmup --iterations --no-cuda-graphs``, the model (required), backend and image groups;
-    the minimum step has a name of its own in each command.
+    ``min_step_flag`` (the minimum step between calibrated levels: ``build``'s ``--min-step`` is
+    the search's), ``--warmup --iterations --no-cuda-graphs``, the model (required), backend and
+    image groups.
     """
+    p.add_argument(
+        min_step_flag,
+        type=float,
+        default=0.0,
+        help="after calibration, drop levels less than this many measured points above the previous"
+        " (default 0)",
+    )
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--iterations", type=int, default=50, help="timed frames per level")
     p.add_argument("--no-cuda-graphs", action="store_true", help="CUDA: run eagerly")
@@ -583,12 +591,6 @@ def _add_calibrate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParse
     c.add_argument("--latency-from", help="copy latencies of the same architectures from this level table")
     c.add_argument("--device-label", help="device name in the table (default: cpu or cuda)")
     c.add_argument("--summary", help="write the run summary JSON here")
-    c.add_argument(
-        "--min-step",
-        type=float,
-        default=0.0,
-        help="drop levels less than this many measured points above the previous (default 0)",
-    )
     add_calibration_args(c)
     add_executor_args(c)
     add_progress_flag(c)
