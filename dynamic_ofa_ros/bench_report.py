@@ -23,12 +23,12 @@ def _ratio(value: object) -> str:
     return f"{value:.2f}x" if isinstance(value, int | float) else "-"
 
 
-def _frame_p50(level: Mapping[str, Any], size: str) -> object:
+def _frame_p50(level: Mapping[str, Any], size: str, field: str = "infer_ms_p50") -> object:
     frames = level.get("frames")
     if not isinstance(frames, Mapping):
         return None
     row = frames.get(size)
-    return row.get("infer_ms_p50") if isinstance(row, Mapping) else None
+    return row.get(field) if isinstance(row, Mapping) else None
 
 
 def _stock_p50(level: Mapping[str, Any], name: str) -> object:
@@ -39,7 +39,7 @@ def _stock_p50(level: Mapping[str, Any], name: str) -> object:
 
 
 def format_side_by_side(result: Mapping[str, Any]) -> str:
-    """Markdown: per level, engine model-only / from 224x224 / from 480x640, torch eager, stock runtimes."""
+    """Markdown per level: engine model-only and from frames (torch's, NumPy's resize), torch, stock."""
     levels: Sequence[Mapping[str, Any]] = result.get("levels") or []
     libraries = result.get("libraries") or {}
     versions = ", ".join(f"{k} {v}" for k, v in libraries.items()) if isinstance(libraries, Mapping) else ""
@@ -54,20 +54,24 @@ def format_side_by_side(result: Mapping[str, Any]) -> str:
         head,
         "p50 in ms; engine = our LevelEngine; stock = the runtime on the same ONNX file, no wrapper",
         "",
-        "| level | px | engine model p50 / p99 | engine infer 224x224 | engine infer 480x640 | torch eager "
-        "| ONNX Runtime | OpenVINO f32 | OpenVINO default | model / best stock | 480x640 / best stock |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| level | px | engine model p50 / p99 | engine infer 224x224 | engine infer 480x640 "
+        "| 480x640, NumPy resize | torch eager | ONNX Runtime | OpenVINO f32 | OpenVINO default "
+        "| model / best stock | 480x640 / best stock | NumPy 480x640 / best stock |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for level in levels:
         over_stock = level.get("infer_over_stock")
         big = over_stock.get("480x640") if isinstance(over_stock, Mapping) else None
+        numpy_over = level.get("infer_numpy_over_stock")
+        big_numpy = numpy_over.get("480x640") if isinstance(numpy_over, Mapping) else None
         stock = " | ".join(_ms(_stock_p50(level, name)) for name in _STOCK)
         lines.append(
             f"| {level.get('level')} | {level.get('resolution')} "
             f"| {_ms(level.get('model_ms_p50'))} / {_ms(level.get('model_ms_p99'))} "
             f"| {_ms(_frame_p50(level, '224x224'))} | {_ms(_frame_p50(level, '480x640'))} "
+            f"| {_ms(_frame_p50(level, '480x640', 'infer_numpy_ms_p50'))} "
             f"| {_ms(level.get('static_ms_p50'))} | {stock} "
-            f"| {_ratio(level.get('model_over_stock'))} | {_ratio(big)} |"
+            f"| {_ratio(level.get('model_over_stock'))} | {_ratio(big)} | {_ratio(big_numpy)} |"
         )
     if "switch_ms_p50" in result:
         lines += [

@@ -183,6 +183,9 @@ def test_bench_compiled_backend(table_path: Path, backend: str, capsys: pytest.C
     for row in printed["levels"]:
         assert row["execution"]["mode"] == "compiled" and row["execution"]["backend"] == backend
         assert "stock" not in row
+        # a compiled level is also timed from frames resized by NumPy (the torch-free node's path)
+        for size in ("224x224", "480x640"):
+            assert row["frames"][size]["infer_numpy_ms_p50"] > 0.0
 
 
 def test_bench_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
