@@ -17,14 +17,9 @@ from dynamic_ofa_ros.bn import (
     load_bn_state,
 )
 from dynamic_ofa_ros.errors import ArchitectureError, LevelTableError
-from dynamic_ofa_ros.supernet import Supernet, load_supernet
+from dynamic_ofa_ros.supernet import Supernet
 
 torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def rand() -> Supernet:
-    return load_supernet("random", allow_random=True)
 
 
 def uniform(r: int, k: int, e: int, d: int) -> SubnetConfig:

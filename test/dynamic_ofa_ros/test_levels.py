@@ -41,11 +41,6 @@ CONFIGS = [uniform(128, 3, 3, 2), uniform(160, 5, 4, 3), uniform(192, 7, 6, 4)]
 
 
 @pytest.fixture(scope="module")
-def rand() -> Supernet:
-    return load_supernet("random", allow_random=True)
-
-
-@pytest.fixture(scope="module")
 def table(rand: Supernet) -> LevelTable:
     return build_level_table(rand, CONFIGS, warmup=1, iterations=3, threads=1)
 

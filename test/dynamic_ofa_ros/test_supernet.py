@@ -27,11 +27,6 @@ from dynamic_ofa_ros.supernet import (
 torch.set_num_threads(1)
 
 
-@pytest.fixture(scope="module")
-def rand() -> Supernet:
-    return load_supernet("random", allow_random=True)
-
-
 @pytest.fixture(autouse=True)
 def isolated_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Checkpoints loaded here are recorded in a temporary identity index, not the user's cache."""
