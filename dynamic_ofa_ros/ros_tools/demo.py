@@ -111,7 +111,11 @@ def _report(
         "photos": photos_from,
         "fps": args.fps,
         "levels": [{"level": i + 1, "latency_ms": lat[i], "accuracy": acc[i]} for i in range(len(lat))],
-        "measured": {"slowdown": budgets.slowdown, "overhead_ms": budgets.overhead_ms},
+        "measured": {
+            "slowdown": budgets.slowdown,
+            "fixed_ms": budgets.fixed_ms,
+            "overhead_ms": budgets.overhead_ms,
+        },
         "budgets_ms": {
             "tight": budgets.tight,
             "loose": budgets.loose,

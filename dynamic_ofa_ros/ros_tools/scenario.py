@@ -11,6 +11,7 @@ Phases (paper Figs. 6-8), each a few seconds of camera stream:
 
 from __future__ import annotations
 
+import math
 import statistics
 import sys
 import time
@@ -77,10 +78,12 @@ class DemoNode(ToolNode):
 
 @dataclass(frozen=True)
 class Budgets:
-    """The demo's budgets, derived from the table and the latency measured without a budget."""
+    """The demo's budgets, derived from the table and the latencies measured without a budget."""
 
-    #: median inference time at the top level / the table's latency of it
+    #: measured inference time per ms of the table's latency (the line through the two probes)
     slowdown: float
+    #: measured inference time that does not scale with the level (e.g. resizing a camera frame), ms
+    fixed_ms: float
     #: median end-to-end latency minus inference (queueing + conversion), ms
     overhead_ms: float
     tight: float
@@ -88,29 +91,43 @@ class Budgets:
     medium: float
 
     @classmethod
-    def from_warmup(cls, warm: Sequence[Sample], latency_ms: Sequence[float]) -> Budgets:
-        """Budgets from the ``no budget`` phase's predictions and the table's latency per level.
+    def from_warmup(
+        cls, top: Sequence[Sample], bottom: Sequence[Sample], latency_ms: Sequence[float]
+    ) -> Budgets:
+        """Budgets from predictions at the top level (``top``) and at level 1 (``bottom``).
 
-        A level's expected end-to-end latency here is its profiled latency times the measured
-        slow-down plus the measured overhead. Tight and medium budgets give level 1 and the
-        middle level 20 % headroom for frame-to-frame jitter -- not "half-way to the next level":
-        neighbouring levels can be closer than the jitter (levels 1-4 of the CPU table lie within
-        1 ms), and such a budget tests noise. The loose budget is 1.5x the top level.
+        A level's expected inference time here is the line through the two measured medians over
+        the table's latencies: ``slowdown * table + fixed`` (a busier machine scales every level,
+        resizing a camera frame costs about the same at each), plus the measured overhead. Tight
+        and medium budgets give level 1 and the middle level 20 % headroom for frame-to-frame
+        jitter -- not "half-way to the next level": neighbouring levels can be closer than the
+        jitter (levels 1-3 of the CPU table lie within 1 ms), and such a budget tests noise. The
+        middle level is the one whose latency is nearest the geometric mean of the fastest and
+        the slowest (the levels are not evenly spaced). The loose budget is 1.5x the top level.
         """
         n = len(latency_ms)
-        top = [s for s in warm if s.level == n] or list(warm)
-        slowdown = statistics.median(s.inference_ms for s in top) / latency_ms[-1] if top else 1.0
-        overhead = statistics.median(s.latency_ms - s.inference_ms for s in top) if top else 0.0
+        high = statistics.median(s.inference_ms for s in top) if top else latency_ms[-1]
+        low = statistics.median(s.inference_ms for s in bottom) if bottom else latency_ms[0]
+        span = latency_ms[-1] - latency_ms[0]
+        slowdown = (high - low) / span if span > 0 else high / latency_ms[-1]
+        if slowdown <= 0:  # the probes did not separate (noise): scale only
+            slowdown = high / latency_ms[-1]
+        fixed = high - slowdown * latency_ms[-1]
+        samples = [*top, *bottom]
+        overhead = statistics.median(s.latency_ms - s.inference_ms for s in samples) if samples else 0.0
 
         def predicted(level: int) -> float:
-            return latency_ms[level - 1] * max(slowdown, 0.5) + max(overhead, 0.0)
+            return max(slowdown * latency_ms[level - 1] + fixed, 0.0) + max(overhead, 0.0)
 
+        middle = math.sqrt(latency_ms[0] * latency_ms[-1])
+        medium_level = min(range(1, n + 1), key=lambda lv: abs(math.log(latency_ms[lv - 1] / middle)))
         return cls(
             slowdown=slowdown,
+            fixed_ms=fixed,
             overhead_ms=overhead,
             tight=predicted(1) * 1.2,
             loose=predicted(n) * 1.5,
-            medium=predicted(max(1, (n + 1) // 2)) * 1.2,
+            medium=predicted(medium_level) * 1.2,
         )
 
 
@@ -189,6 +206,15 @@ class Scenario:
             flush=True,
         )
 
+    def set_level(self, name: str, level: int) -> None:
+        """Hold ``level`` on classifier ``name`` (``~/set_level``; 0 = automatic); refusal raises."""
+        from dynamic_ofa_ros.srv import SetLevel
+
+        response = self.ros.call(SetLevel, f"/{name}/set_level", SetLevel.Request(level=level))
+        if not response.accepted:
+            raise RuntimeError(f"{name} rejected level {level}: {response.message}")
+        print(f"[demo] {name}: level {level or 'automatic'} ({response.message})", flush=True)
+
     def phase(self, name: str, seconds: float, nodes: Sequence[str]) -> None:
         """Let the stream run ``seconds``; record the phase's statistics of each of ``nodes``."""
         start = self.recorder.now()
@@ -226,13 +252,19 @@ class Scenario:
         self.player.start()
         self.ros.wait_for_predictions(classifier_a, 5, 60.0)
 
-        # No budget: the most accurate level; measures this machine's end-to-end overhead.
+        # No budget: the most accurate level; then level 1 held briefly. The two give this machine's
+        # inference time per level (scaled and fixed parts) and its end-to-end overhead.
         self.phase("no budget", max(4.0, phase_s * 0.5), [NODE_A])
-        budgets = Budgets.from_warmup(self.recorder.window(NODE_A, *self.phases[-1][1:]), lat)
+        top = self.recorder.window(NODE_A, *self.phases[-1][1:])
+        self.set_level(NODE_A, 1)
+        self.phase("level 1 held", max(2.0, phase_s * 0.25), [NODE_A])
+        bottom = [x for x in self.recorder.window(NODE_A, *self.phases[-1][1:]) if x.level == 1]
+        self.set_level(NODE_A, 0)
+        budgets = Budgets.from_warmup(top, bottom, lat)
         print(
-            f"[demo] measured: inference x{budgets.slowdown:.2f} of the table, overhead "
-            f"{budgets.overhead_ms:.1f} ms (queueing + conversion); budgets tight {budgets.tight:.1f}, "
-            f"loose {budgets.loose:.1f}, medium {budgets.medium:.1f} ms",
+            f"[demo] measured: inference {budgets.slowdown:.2f} x table + {budgets.fixed_ms:.1f} ms, "
+            f"overhead {budgets.overhead_ms:.1f} ms (queueing + conversion); budgets tight "
+            f"{budgets.tight:.1f}, loose {budgets.loose:.1f}, medium {budgets.medium:.1f} ms",
             flush=True,
         )
         for name, budget in (("tight", budgets.tight), ("loose", budgets.loose), ("medium", budgets.medium)):

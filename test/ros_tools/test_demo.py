@@ -95,19 +95,50 @@ def test_demo_runs_every_phase(tmp_path: Path, capsys: Any) -> None:
     phases = [(p["phase"], p["node"]) for p in report["phases"]]
     assert phases == [
         ("no budget", NODE_A),
+        ("level 1 held", NODE_A),  # the budgets' second probe
         ("tight", NODE_A),
         ("loose", NODE_A),
         ("medium", NODE_A),
         ("A+B co-located", NODE_A),
         ("A+B co-located", NODE_B),
     ]
-    assert all(p["frames"] > 0 for p in report["phases"][:4])
+    assert all(p["frames"] > 0 for p in report["phases"][:5])
+    assert report["phases"][1]["final_level"] == 1
     budgets = report["budgets_ms"]
     assert 0 < budgets["tight"] <= budgets["medium"] < budgets["loose"]
     assert budgets[NODE_B] == pytest.approx(budgets["medium"] * 1.2, abs=1e-3)
-    assert [p["budget_ms"] for p in report["phases"][1:4]] == [
+    assert [p["budget_ms"] for p in report["phases"][2:5]] == [
         round(budgets[name], 2) for name in ("tight", "loose", "medium")
     ]
     assert {row[1] for row in report["samples"]} == {NODE_A, NODE_B}
     table = printed[printed.index("phase ") :]
     assert all(name in table for name in ("no budget", "tight", "loose", "medium", "A+B co-located"))
+
+
+def test_budgets_fit_the_scaled_and_fixed_parts_and_pick_the_middle_by_latency() -> None:
+    from dynamic_ofa_ros.ros_tools.report import Sample
+    from dynamic_ofa_ros.ros_tools.scenario import Budgets
+
+    def samples(level: int, inference_ms: float) -> list[Sample]:
+        return [
+            Sample(t=i, node="a", level=level, latency_ms=inference_ms + 1.5, inference_ms=inference_ms,
+                   label="", budget_ms=0.0)
+            for i in range(9)
+        ]  # fmt: skip
+
+    table = [4.0, 4.5, 5.0, 11.0, 15.0, 19.0]  # the shape of the shipped CPU table, ms
+    # a camera frame's resize adds 2 ms at every level; the machine is as fast as when profiled
+    budgets = Budgets.from_warmup(samples(6, 21.0), samples(1, 6.0), table)
+    assert budgets.slowdown == pytest.approx(1.0) and budgets.fixed_ms == pytest.approx(2.0)
+    assert budgets.overhead_ms == pytest.approx(1.5)
+    assert budgets.tight == pytest.approx((4.0 + 2.0 + 1.5) * 1.2)
+    assert budgets.loose == pytest.approx(22.5 * 1.5)
+    # the middle by latency: sqrt(4 * 19) = 8.7 ms is nearest level 4 (11 ms), not level 3 (5 ms)
+    assert budgets.medium == pytest.approx((11.0 + 2.0 + 1.5) * 1.2)
+    # a machine twice as busy scales every level
+    busy = Budgets.from_warmup(samples(6, 38.0), samples(1, 8.0), table)
+    assert busy.slowdown == pytest.approx(2.0) and busy.fixed_ms == pytest.approx(0.0)
+    assert busy.tight == pytest.approx((8.0 + 1.5) * 1.2)
+    # probes that do not separate (noise) fall back to scaling by the top level
+    flat = Budgets.from_warmup(samples(6, 19.0), samples(1, 20.0), table)
+    assert flat.slowdown == pytest.approx(1.0) and flat.fixed_ms == pytest.approx(0.0)
