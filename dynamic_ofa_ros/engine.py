@@ -86,11 +86,19 @@ class InferenceResult:
 
 
 def topk(probs: np.ndarray, k: int = 5) -> list[tuple[int, float]]:
-    """The ``k`` largest entries of ``probs`` as ``(index, value)``, highest first."""
-    k = max(1, min(int(k), int(probs.shape[-1])))
-    idx = np.argpartition(-probs, k - 1)[:k]
-    idx = idx[np.argsort(-probs[idx], kind="stable")]
-    return [(int(i), float(probs[i])) for i in idx]
+    """The ``k`` largest entries of ``probs`` as ``(index, value)``, highest first (ties: lower index first).
+
+    A few NumPy calls and a sort of about ``k`` Python pairs (every entry tied with the k-th
+    largest is a candidate, so ties resolve by index, not by the partition's arbitrary choice).
+    """
+    n = int(probs.shape[-1])
+    k = max(1, min(int(k), n))
+    kth = probs[np.argpartition(probs, n - k)[n - k]]
+    idx = np.flatnonzero(probs >= kth)  # ascending indices
+    if idx.size > 4 * k:  # many ties (e.g. a flat distribution): sort them in NumPy, stably
+        idx = idx[np.argsort(-probs[idx], kind="stable")[:k]]
+    pairs = zip(idx.tolist(), probs[idx].tolist(), strict=True)
+    return sorted(pairs, key=lambda pair: (-pair[1], pair[0]))[:k]
 
 
 @dataclass

@@ -168,6 +168,16 @@ def test_topk() -> None:
     probs = np.array([0.1, 0.5, 0.2, 0.2], dtype=np.float32)
     assert topk(probs, 2) == [(1, 0.5), (2, pytest.approx(0.2))]
     assert len(topk(probs, 10)) == 4
+    # ties resolve by index, whichever tied entries the partition happens to pick
+    tied = np.array([0.1, 0.3, 0.3, 0.3, 0.0, 0.3], dtype=np.float32)
+    assert [i for i, _ in topk(tied, 3)] == [1, 2, 3]
+    flat = np.full(1000, 1e-3, dtype=np.float32)
+    flat[[7, 900]] = 2e-3
+    assert [i for i, _ in topk(flat, 5)] == [7, 900, 0, 1, 2]
+    rng = np.random.default_rng(0)
+    for _ in range(20):  # the same classes as a full stable sort
+        p = rng.random(1000).astype(np.float32)
+        assert [i for i, _ in topk(p, 5)] == np.argsort(-p, kind="stable")[:5].tolist()
 
 
 def test_table_checks(rand: Supernet, table: LevelTable) -> None:
