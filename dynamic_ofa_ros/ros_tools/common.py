@@ -179,6 +179,19 @@ class ToolNode:
         finally:
             self.node.destroy_client(client)
 
+    def lock_level(self, classifier: str, level: int, timeout: float = 30.0) -> str:
+        """Lock node ``classifier`` at ``level`` by its ``~/set_level`` (0 = automatic); its message.
+
+        Raises:
+            RuntimeError: the service is missing, silent or rejects the level.
+        """
+        from dynamic_ofa_ros.srv import SetLevel
+
+        response = self.call(SetLevel, f"/{classifier}/set_level", SetLevel.Request(level=level), timeout)
+        if not response.accepted:
+            raise RuntimeError(f"{classifier}: set_level {level} rejected: {response.message}")
+        return str(response.message)
+
     def close(self) -> None:
         """Stop spinning and destroy the node."""
         self.executor.shutdown(timeout_sec=5.0)

@@ -110,10 +110,4 @@ class LockStepPlayer(ToolNode):
         Raises:
             RuntimeError: the service is missing, silent or rejects the level.
         """
-        from dynamic_ofa_ros.srv import SetLevel
-
-        response = self.call(
-            SetLevel, f"/{self.classifier}/set_level", SetLevel.Request(level=level), timeout=timeout
-        )
-        if not response.accepted:
-            raise RuntimeError(f"set_level {level} rejected: {response.message}")
+        self.lock_level(self.classifier, level, timeout)

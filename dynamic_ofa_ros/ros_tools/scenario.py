@@ -208,12 +208,8 @@ class Scenario:
 
     def set_level(self, name: str, level: int) -> None:
         """Hold ``level`` on classifier ``name`` (``~/set_level``; 0 = automatic); refusal raises."""
-        from dynamic_ofa_ros.srv import SetLevel
-
-        response = self.ros.call(SetLevel, f"/{name}/set_level", SetLevel.Request(level=level))
-        if not response.accepted:
-            raise RuntimeError(f"{name} rejected level {level}: {response.message}")
-        print(f"[demo] {name}: level {level or 'automatic'} ({response.message})", flush=True)
+        message = self.ros.lock_level(name, level)
+        print(f"[demo] {name}: level {level or 'automatic'} ({message})", flush=True)
 
     def phase(self, name: str, seconds: float, nodes: Sequence[str]) -> None:
         """Let the stream run ``seconds``; record the phase's statistics of each of ``nodes``."""
